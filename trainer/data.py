@@ -1,0 +1,197 @@
+"""Default tasks, generated in-process; nothing is downloaded.
+
+- mlp: 10-class labels from a fixed random teacher network on Gaussian inputs.
+- cnn: small images of 10 procedurally drawn shapes.
+- rnn: the adding problem (Hochreiter & Schmidhuber, 1997): sum the two marked
+  values of a long sequence; long sequences expose exploding/vanishing gradients.
+- transformer: character-level language modelling on the Python standard
+  library's own source (every machine has it), or on ``--text PATH``.
+
+Every task is seeded, so a fixed seed gives the same batches (and losses on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+STDLIB_FILES = ("argparse.py", "ast.py", "calendar.py", "csv.py", "dataclasses.py", "difflib.py",
+                "enum.py", "fractions.py", "functools.py", "heapq.py", "inspect.py", "random.py",
+                "shutil.py", "statistics.py", "string.py", "subprocess.py", "tarfile.py",
+                "textwrap.py", "typing.py")
+
+
+class Task:
+    """A dataset with train/validation splits: ``batch`` draws (x, y), ``loss`` scores."""
+
+    model_fields: dict = {}
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def batch(self, split: str, batch_size: int, gen: torch.Generator):
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_val, self.y_val)
+        i = torch.randint(len(x), (batch_size,), generator=gen).to(self.device)
+        return x[i], y[i]
+
+    def loss(self, out, y):
+        return F.cross_entropy(out, y)
+
+
+class TeacherTask(Task):
+    """Labels are the argmax of a fixed random tanh network: learnable, never perfectly linear."""
+
+    def __init__(self, device, seed: int, in_dim: int = 32, classes: int = 10,
+                 n_train: int = 16384, n_val: int = 2048):
+        super().__init__(device)
+        g = torch.Generator().manual_seed(seed)
+        w1 = torch.randn(in_dim, 64, generator=g) / math.sqrt(in_dim)
+        w2 = torch.randn(64, classes, generator=g) / math.sqrt(64)
+        x = torch.randn(n_train + n_val, in_dim, generator=g)
+        logits = torch.tanh(2 * x @ w1) @ w2
+        y = (logits - logits.mean(0)).argmax(1)  # centring balances the classes
+        self.x_train, self.x_val = x[:n_train].to(device), x[n_train:].to(device)
+        self.y_train, self.y_val = y[:n_train].to(device), y[n_train:].to(device)
+        self.model_fields = {"in_dim": in_dim, "classes": classes}
+
+
+def draw_shapes(labels: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Images (N, 1, size, size) of the shape class in `labels` (0..9), random place and scale."""
+    n = len(labels)
+    s = size / 16
+    r = (3 + 3 * torch.rand(n, generator=gen)) * s                     # half-size, 3..6 px at 16
+    cx = r + torch.rand(n, generator=gen) * (size - 1 - 2 * r)
+    cy = r + torch.rand(n, generator=gen) * (size - 1 - 2 * r)
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32),
+                            torch.arange(size, dtype=torch.float32), indexing="ij")
+    dx = xx[None] - cx[:, None, None]                                  # (N, S, S)
+    dy = yy[None] - cy[:, None, None]
+    r3, t = r[:, None, None], 0.8 * s
+    adx, ady, dist = dx.abs(), dy.abs(), (dx**2 + dy**2).sqrt()
+    inside = (adx <= r3) & (ady <= r3)
+    masks = torch.stack([
+        inside,                                                         # 0 filled square
+        inside & (torch.maximum(adx, ady) >= r3 - 1.2 * s),             # 1 hollow square
+        dist <= r3,                                                     # 2 disk
+        (dist - r3).abs() <= t,                                         # 3 ring
+        (ady <= r3) & (adx <= (dy + r3) / 2),                           # 4 triangle
+        ((adx <= t) & (ady <= r3)) | ((ady <= t) & (adx <= r3)),        # 5 plus
+        inside & (((dx - dy).abs() <= t) | ((dx + dy).abs() <= t)),     # 6 cross (x)
+        (ady <= 1.0 * s) & (adx <= r3),                                 # 7 horizontal bar
+        (adx <= 1.0 * s) & (ady <= r3),                                 # 8 vertical bar
+        adx + ady <= r3,                                                # 9 diamond
+    ])                                                                  # (10, N, S, S)
+    img = masks[labels, torch.arange(n)].float()
+    img = img * (0.7 + 0.3 * torch.rand(n, 1, 1, generator=gen))
+    img = img + 0.1 * torch.randn(n, size, size, generator=gen)
+    return img[:, None]
+
+
+class ShapesTask(Task):
+    def __init__(self, device, seed: int, image_size: int = 16, n_train: int = 8192,
+                 n_val: int = 1024):
+        super().__init__(device)
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randint(10, (n_train + n_val,), generator=g)
+        x = draw_shapes(y, image_size, g)
+        self.x_train, self.x_val = x[:n_train].to(device), x[n_train:].to(device)
+        self.y_train, self.y_val = y[:n_train].to(device), y[n_train:].to(device)
+        self.model_fields = {"image_size": image_size, "classes": 10}
+
+
+def adding_problem(n: int, seq_len: int, gen: torch.Generator):
+    """x (n, T, 2): values in [0, 1) and a marker on one step in each half; y (n, 1): their sum."""
+    values = torch.rand(n, seq_len, generator=gen)
+    half = seq_len // 2
+    first = torch.randint(half, (n,), generator=gen)
+    second = half + torch.randint(seq_len - half, (n,), generator=gen)
+    marker = torch.zeros(n, seq_len)
+    rows = torch.arange(n)
+    marker[rows, first] = 1.0
+    marker[rows, second] = 1.0
+    y = (values * marker).sum(1, keepdim=True)
+    return torch.stack([values, marker], dim=2), y
+
+
+class AddingTask(Task):
+    """Fresh sequences every training batch; a fixed validation set.
+
+    The target is the sum of two U(0, 1) values: its variance is 2 * 1/12 = 1/6,
+    the MSE of always predicting the mean 1.0. A model below that has learned.
+    """
+
+    baseline_mse = 1 / 6
+
+    def __init__(self, device, seed: int, seq_len: int, n_val: int = 2048):
+        super().__init__(device)
+        self.seq_len = seq_len
+        x, y = adding_problem(n_val, seq_len, torch.Generator().manual_seed(seed + 7919))
+        self.x_val, self.y_val = x.to(device), y.to(device)
+        self.model_fields = {"in_dim": 2, "out_dim": 1, "seq_len": seq_len}
+
+    def batch(self, split, batch_size, gen):
+        if split != "train":
+            return super().batch(split, batch_size, gen)
+        x, y = adding_problem(batch_size, self.seq_len, gen)
+        return x.to(self.device), y.to(self.device)
+
+    def loss(self, out, y):
+        return F.mse_loss(out, y)
+
+
+def stdlib_text(max_chars: int = 1_000_000) -> str:
+    """Source of a fixed list of standard-library modules, as one string."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts, total = [], 0
+    for name in STDLIB_FILES:
+        p = root / name
+        if p.is_file() and total < max_chars:
+            parts.append(p.read_text(encoding="utf-8", errors="replace"))
+            total += len(parts[-1])
+    text = "\n".join(parts)[:max_chars]
+    if len(text) < 10_000:
+        raise RuntimeError(f"found too little Python source under {root}; pass --text PATH")
+    return text
+
+
+class TextTask(Task):
+    """Character-level LM: 90% of the text for training, the last 10% for validation."""
+
+    def __init__(self, device, seq_len: int, path: str | None = None):
+        super().__init__(device)
+        text = Path(path).read_text(encoding="utf-8", errors="replace") if path else stdlib_text()
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        vocab, ids = np.unique(codes, return_inverse=True)
+        self.vocab = "".join(chr(c) for c in vocab)
+        tokens = torch.from_numpy(ids.astype(np.int64))
+        n = int(0.9 * len(tokens))
+        self.train_tokens, self.val_tokens = tokens[:n].to(device), tokens[n:].to(device)
+        self.seq_len = seq_len
+        if len(self.val_tokens) <= seq_len + 1:
+            raise ValueError(f"the text is too short for --seq-len {seq_len}")
+        self.model_fields = {"vocab_size": len(vocab), "seq_len": seq_len}
+
+    def batch(self, split, batch_size, gen):
+        tokens = self.train_tokens if split == "train" else self.val_tokens
+        start = torch.randint(len(tokens) - self.seq_len - 1, (batch_size, 1), generator=gen)
+        idx = (start + torch.arange(self.seq_len + 1)).to(self.device)  # (B, T+1)
+        window = tokens[idx]
+        return window[:, :-1], window[:, 1:]
+
+    def loss(self, out, y):  # out (B, T, V), y (B, T)
+        return F.cross_entropy(out.flatten(0, 1), y.flatten())
+
+
+def build_task(cfg, device: torch.device) -> Task:
+    if cfg.model == "mlp":
+        return TeacherTask(device, cfg.seed)
+    if cfg.model == "cnn":
+        return ShapesTask(device, cfg.seed)
+    if cfg.model == "rnn":
+        return AddingTask(device, cfg.seed, cfg.seq_len)
+    return TextTask(device, cfg.seq_len, cfg.text)

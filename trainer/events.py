@@ -1,0 +1,118 @@
+"""Events the trainer emits, and the coalescer that batches them. No torch here.
+
+Events are small frozen dataclasses. The trainer hands each to a ``Coalescer``,
+which passes them on in batches, at most ``max_rate`` batches a second, so a
+fast loop cannot flood the UI whatever its step rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    step: int
+    run_id: str
+    run_dir: str
+    config: dict
+    params: int
+    device: str
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float                # global L2 norm before clipping
+    clipped: bool                   # the norm exceeded the clip threshold
+    examples_per_second: float
+    time: float                     # wall clock, seconds since the epoch
+
+
+@dataclass(frozen=True)
+class ValMetrics:
+    step: int
+    val_loss: float
+
+
+@dataclass(frozen=True)
+class CommandApplied:
+    step: int                       # the first step trained under the change
+    command: str                    # 'optimizer adamw', 'pause', ...
+    detail: str                     # what changed, in words
+    changes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommandRefused:
+    step: int
+    command: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Diverged:
+    step: int
+    loss: float
+    message: str
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    step: int
+    error: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    step: int
+    status: str                     # finished | diverged | failed | interrupted
+    summary: dict
+
+
+Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
+         | RunFailed | RunFinished)
+EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
+
+
+def event_kind(event: Event) -> str:
+    return type(event).__name__
+
+
+def event_payload(event: Event) -> dict:
+    return dataclasses.asdict(event)
+
+
+class Coalescer:
+    """Collect events and hand them to `sink` in batches, at most `max_rate` a second."""
+
+    def __init__(self, sink: Callable[[tuple], None], max_rate: float = 20.0,
+                 clock: Callable[[], float] = time.monotonic):
+        if max_rate <= 0:
+            raise ValueError(f"max_rate must be > 0, got {max_rate}")
+        self._sink, self._interval, self._clock = sink, 1.0 / max_rate, clock
+        self._buffer: list = []
+        self._last = float("-inf")
+        self.batches_sent = 0
+
+    def emit(self, event: Event) -> None:
+        self._buffer.append(event)
+
+    def poll(self) -> None:
+        """Send the buffer if the last batch left at least 1/max_rate seconds ago."""
+        if self._buffer and self._clock() - self._last >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send whatever is buffered now (before blocking, and at the end of a run)."""
+        if self._buffer:
+            batch, self._buffer = tuple(self._buffer), []
+            self._last = self._clock()
+            self.batches_sent += 1
+            self._sink(batch)

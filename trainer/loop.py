@@ -1,0 +1,289 @@
+"""The training loop: commands applied between steps, events out, every step recorded."""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+import traceback
+from collections import deque
+
+import torch
+
+from . import commands as C
+from . import specs
+from .config import ConfigError, RunConfig, check_clip, check_lr, suggest
+from .data import build_task
+from .events import (CommandApplied, CommandRefused, Coalescer, Diverged, RunFailed, RunFinished,
+                     RunStarted, StepMetrics, ValMetrics)
+from .models import build_model, num_params, set_norm
+from .optim import build_optimizer, lr_factor, rebuild_keeping_state, switch_optimizer
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto picks CUDA, then MPS, then CPU; an explicit device must exist here."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    dev = torch.device(name)
+    ok = {"cpu": True, "mps": has_mps,
+          "cuda": torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()}
+    if not ok[dev.type]:
+        here = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if has_mps else [])
+        raise ConfigError(f"--device {name!r} is not available on this machine; allowed here: "
+                          f"{', '.join(here)}")
+    return dev
+
+
+class Trainer:
+    """Trains one run. ``submit`` is thread-safe; ``run`` blocks until the run ends."""
+
+    def __init__(self, cfg: RunConfig, sink=None, store=None, final_loss_window: int = 10):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.store = store
+        self.events = Coalescer(sink or (lambda batch: None))
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        torch.manual_seed(cfg.seed)
+        self.task = build_task(cfg, self.device)
+        self.model = build_model(cfg, self.task.model_fields).to(self.device)
+        self.params = [p for p in self.model.parameters()]
+        self.optimizer_name, self.norm = cfg.optimizer, cfg.norm
+        self.base_lr, self.clip, self.weight_decay = cfg.lr, cfg.clip, cfg.weight_decay
+        self.hparams = {k: getattr(cfg, k) for k in specs.OPTIMIZERS[cfg.optimizer].hparams}
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, cfg.lr, cfg.weight_decay,
+                                         self.hparams)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0                       # the next step to train; also steps completed
+        self.paused = False
+        self.status = "running"
+        self.initial_loss: float | None = None
+        self.recent_losses: deque = deque(maxlen=final_loss_window)
+        self.last_val_loss: float | None = None
+        self.last_grad_norm: float | None = None
+        self.clip_count = 0
+        self.train_seconds = 0.0
+        self._single_step = False
+        self._stop = False
+
+    # -- the control API --------------------------------------------------------
+
+    def submit(self, cmd: C.Command) -> None:
+        """Queue a command; it is applied between two steps (thread-safe)."""
+        self._commands.put(cmd)
+
+    def _emit(self, event) -> None:
+        self.events.emit(event)
+        if self.store is not None and not isinstance(event, (StepMetrics, ValMetrics)):
+            self.store.record_event(event)
+
+    def _drain_commands(self) -> None:
+        block = self.paused and not self._single_step and not self._stop
+        while True:
+            try:
+                if block:
+                    self.events.flush()                    # the UI sees 'paused' before we wait
+                    cmd = self._commands.get(timeout=0.5)
+                else:
+                    cmd = self._commands.get_nowait()
+            except queue.Empty:
+                if block and self.paused and not self._single_step and not self._stop:
+                    continue
+                return
+            self._apply(cmd)
+            block = False                                  # apply the rest, then re-check
+
+    def _apply(self, cmd: C.Command) -> None:
+        name = C.describe(cmd)
+        try:
+            detail, changes = self._change(cmd)
+        except ConfigError as e:
+            self._emit(CommandRefused(self.step, name, str(e)))
+            return
+        self._emit(CommandApplied(self.step, name, detail, changes))
+
+    def _change(self, cmd: C.Command) -> tuple[str, dict]:
+        """Apply one command; return (detail, changes) or raise ConfigError with the reason."""
+        match cmd:
+            case C.SetOptimizer(name=new, lr=lr, hparams=hp):
+                return self._set_optimizer(new, lr, hp)
+            case C.SetNorm(kind=kind):
+                refusal = specs.norm_refusal(self.cfg.model, kind)
+                if refusal:
+                    raise ConfigError(f"norm {kind!r} refused for the {self.cfg.model}: {refusal}")
+                if kind == self.norm:
+                    raise ConfigError(f"norm is already {kind}")
+                old, slots = self.norm, set_norm(self.model, kind)
+                self.norm = kind
+                self.params = list(self.model.parameters())
+                self.optimizer, kept = rebuild_keeping_state(
+                    self.optimizer, self.optimizer_name, self.model, self.base_lr,
+                    self.weight_decay, self.hparams)
+                return (f"norm {old} -> {kind} in {slots} slots; new norms start as identity; "
+                        f"optimizer state kept for {kept} unchanged tensors",
+                        {"norm": kind, "previous": old})
+            case C.SetLR(lr=lr):
+                check_lr(lr)
+                old, self.base_lr = self.base_lr, float(lr)
+                return f"lr {old:g} -> {lr:g}", {"lr": float(lr), "previous": old}
+            case C.SetClip(threshold=t):
+                check_clip(t)
+                old, self.clip = self.clip, t
+                fmt = lambda v: "off" if v is None else f"{v:g}"  # noqa: E731
+                return f"clip {fmt(old)} -> {fmt(t)}", {"clip": t, "previous": old}
+            case C.Pause():
+                if self.paused:
+                    raise ConfigError("already paused")
+                self.paused = True
+                return f"paused before step {self.step}", {"paused": True}
+            case C.Resume():
+                if not self.paused:
+                    raise ConfigError("not paused")
+                self.paused = False
+                return f"resumed at step {self.step}", {"paused": False}
+            case C.SingleStep():
+                if not self.paused:
+                    raise ConfigError("single step applies while paused; pause first")
+                self._single_step = True
+                return f"single step {self.step}", {}
+            case C.Stop():
+                self._stop = True
+                return f"stop requested before step {self.step}", {}
+        raise ConfigError(f"unknown command {cmd!r}")
+
+    def _set_optimizer(self, new: str, lr: float | None, hp: dict) -> tuple[str, dict]:
+        if new not in specs.OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {new!r}; allowed: {', '.join(specs.OPTIMIZERS)}"
+                              f"{suggest(new, specs.OPTIMIZERS)}")
+        spec = specs.OPTIMIZERS[new]
+        unknown = set(hp) - set(spec.hparams) - {"weight_decay"}
+        if unknown:
+            raise ConfigError(f"{', '.join(sorted(unknown))} does not apply to {new}")
+        lr = self.base_lr if lr is None else lr
+        check_lr(lr)
+        hparams = {**spec.defaults, **{k: v for k, v in hp.items() if k != "weight_decay"}}
+        wd = hp.get("weight_decay", spec.weight_decay)
+        old = self.optimizer_name
+        self.optimizer, carried = switch_optimizer(self.optimizer, old, new, self.model, lr, wd,
+                                                   hparams)
+        self.optimizer_name, self.base_lr, self.weight_decay, self.hparams = new, lr, wd, hparams
+        state = f"carried {', '.join(carried)} from {old}" if carried else "state starts fresh"
+        return (f"optimizer {old} -> {new} (lr {lr:g}); {state}",
+                {"optimizer": new, "previous": old, "lr": lr, "carried": list(carried)})
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train until the step budget, a stop, divergence or an error; return the summary."""
+        cfg = self.cfg
+        self._emit(RunStarted(0, self.store.run_id if self.store else "", str(self.store.run_dir)
+                              if self.store else "", cfg.to_dict(), num_params(self.model),
+                              str(self.device)))
+        try:
+            while self.step < cfg.steps:
+                self._drain_commands()
+                if self._stop:
+                    self.status = "interrupted"
+                    break
+                if not self._train_step():
+                    self.status = "diverged"
+                    break
+                self._single_step = False
+                if self.step % cfg.val_every == 0:
+                    self._validate()
+                self.events.poll()
+            else:
+                self.status = "finished"
+                if self.step % cfg.val_every:
+                    self._validate()
+        except KeyboardInterrupt:
+            self.status = "interrupted"
+        except Exception as e:  # a fault becomes an event; what was recorded stays
+            self.status = "failed"
+            self._emit(RunFailed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
+        summary = self.summary()
+        self._emit(RunFinished(self.step, self.status, summary))
+        if self.store is not None:
+            self.store.set_status(self.status, summary)
+        self.events.flush()
+        return summary
+
+    def _train_step(self) -> bool:
+        """One optimizer step; False if the loss is not finite (nothing is then updated)."""
+        t0 = time.perf_counter()
+        lr = self.base_lr * lr_factor(self.cfg.schedule, self.step, self.cfg.steps,
+                                      self.cfg.warmup_steps, self.cfg.decay_every)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = self.task.batch("train", self.cfg.batch_size, self.gen)
+        self.model.train()
+        loss = self.task.loss(self.model(x), y)
+        loss.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.clip is None:
+            norm = torch.nn.utils.get_total_norm(grads)
+        else:  # the norm clip_grad_norm_ returns is the pre-clip norm: a free metric
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        # One read-back per step (a device sync on GPU), before the update, so a
+        # non-finite loss never reaches the weights.
+        loss_v, norm_v = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        if not math.isfinite(loss_v):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._emit(Diverged(self.step, loss_v, f"loss became {loss_v} at step {self.step}; "
+                                f"try a lower --lr (now {lr:g}) or --clip"))
+            return False
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        self.train_seconds += dt
+        clipped = self.clip is not None and norm_v > self.clip
+        self.clip_count += clipped
+        self._record(loss_v, lr, norm_v, clipped, self.cfg.batch_size / dt)
+        self.step += 1
+        return True
+
+    def _record(self, loss: float, lr: float, grad_norm: float, clipped: bool, eps: float) -> None:
+        if self.initial_loss is None:
+            self.initial_loss = loss
+        self.recent_losses.append(loss)
+        self.last_grad_norm = grad_norm
+        now = time.time()
+        if self.store is not None:
+            self.store.record_step(self.step, now, loss, lr, grad_norm, clipped, eps)
+        self.events.emit(StepMetrics(self.step, loss, lr, grad_norm, clipped, eps, now))
+
+    @torch.no_grad()
+    def _validate(self) -> None:
+        self.model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same batches every time
+        losses = [self.task.loss(self.model(x), y)
+                  for x, y in (self.task.batch("val", self.cfg.batch_size, gen)
+                               for _ in range(self.cfg.val_batches))]
+        self.last_val_loss = torch.stack(losses).mean().item()
+        step = self.step - 1
+        if self.store is not None:
+            self.store.record_val(step, time.time(), self.last_val_loss)
+        self.events.emit(ValMetrics(step, self.last_val_loss))
+
+    def summary(self) -> dict:
+        recent = list(self.recent_losses)
+        return {
+            "run_id": self.store.run_id if self.store else None,
+            "run_dir": str(self.store.run_dir) if self.store else None,
+            "status": self.status,
+            "steps": self.step,
+            "params": num_params(self.model),
+            "device": str(self.device),
+            "model": self.cfg.model,
+            "optimizer": self.optimizer_name,
+            "norm": self.norm,
+            "lr": self.base_lr,
+            "clip": self.clip,
+            "initial_train_loss": self.initial_loss,
+            "final_train_loss": sum(recent) / len(recent) if recent else None,
+            "final_val_loss": self.last_val_loss,
+            "last_grad_norm": self.last_grad_norm,
+            "clip_count": self.clip_count,
+            "steps_per_second": self.step / self.train_seconds if self.train_seconds else None,
+        }

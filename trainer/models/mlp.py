@@ -1,0 +1,34 @@
+"""Multi-layer perceptron: (Linear -> norm -> activation) x layers, then a linear head."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..specs import MLPConfig
+from .norms import NormSlot
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+class Block(nn.Module):
+    def __init__(self, d_in: int, d_out: int, norm: str, activation: str):
+        super().__init__()
+        self.fc = nn.Linear(d_in, d_out)
+        self.norm = NormSlot(d_out, norm)
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, x):  # (B, d_in) -> (B, d_out)
+        return self.act(self.norm(self.fc(x)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: MLPConfig):
+        super().__init__()
+        self.config = cfg
+        dims = [cfg.in_dim] + [cfg.width] * cfg.layers
+        self.blocks = nn.Sequential(*[Block(a, b, cfg.norm, cfg.activation)
+                                      for a, b in zip(dims, dims[1:])])
+        self.head = nn.Linear(dims[-1], cfg.classes)
+
+    def forward(self, x):  # (B, in_dim) -> (B, classes)
+        return self.head(self.blocks(x))

@@ -1,0 +1,144 @@
+"""Optimizers, live switching with state carry-over, and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import specs
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and embeddings; never biases or norm gains (nanoGPT's split)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                        {"params": rest, "weight_decay": 0.0}) if g["params"]]
+
+
+class MuonAdamW:
+    """Muon for the 2-D weights of hidden Linear layers, AdamW for everything else.
+
+    Both take the same lr: Muon's ``match_rms_adamw`` scales its orthogonalised
+    update to AdamW's RMS, which is what makes one lr serve both.
+    """
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float, momentum: float):
+        hidden = {id(m.weight) for name, m in model.named_modules()
+                  if isinstance(m, nn.Linear) and not name.endswith("head")}
+        matrices = [p for p in model.parameters() if id(p) in hidden]
+        others = [p for p in model.parameters() if id(p) not in hidden]
+        self.optimizers = []
+        if matrices:
+            self.optimizers.append(torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay,
+                                                    momentum=momentum,
+                                                    adjust_lr_fn="match_rms_adamw"))
+        if others:
+            self.optimizers.append(torch.optim.AdamW(others, lr=lr, weight_decay=weight_decay))
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, hp: dict):
+    """A fresh optimizer `name` over `model`'s parameters; `hp` holds momentum/beta1/beta2."""
+    if name == "muon":
+        return MuonAdamW(model, lr, weight_decay, hp["momentum"])
+    groups = param_groups(model, weight_decay)
+    betas = (hp.get("beta1", 0.9), hp.get("beta2", 0.999))
+    o = torch.optim
+    make = {
+        "sgd": lambda: o.SGD(groups, lr=lr),
+        "momentum": lambda: o.SGD(groups, lr=lr, momentum=hp["momentum"]),
+        "nesterov": lambda: o.SGD(groups, lr=lr, momentum=hp["momentum"], nesterov=True),
+        "adagrad": lambda: o.Adagrad(groups, lr=lr),
+        "rmsprop": lambda: o.RMSprop(groups, lr=lr, alpha=hp["beta2"], momentum=hp["momentum"]),
+        "adam": lambda: o.Adam(groups, lr=lr, betas=betas),
+        "adamw": lambda: o.AdamW(groups, lr=lr, betas=betas),
+        "nadam": lambda: o.NAdam(groups, lr=lr, betas=betas),
+        "radam": lambda: o.RAdam(groups, lr=lr, betas=betas),
+        "adamax": lambda: o.Adamax(groups, lr=lr, betas=betas),
+        "adafactor": lambda: o.Adafactor(groups, lr=lr),
+    }
+    return make[name]()
+
+
+def _subs(opt) -> list:
+    return getattr(opt, "optimizers", [opt])
+
+
+def nadam_mu_product(step: int, beta1: float, momentum_decay: float = 4e-3) -> float:
+    """NAdam's running product of mu_t = beta1 (1 - 0.5 * 0.96^(t psi)) for t = 1..step."""
+    t = torch.arange(1, step + 1, dtype=torch.float64)
+    return float(torch.prod(beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))))
+
+
+def switch_optimizer(old, old_name: str, new_name: str, model: nn.Module, lr: float,
+                     weight_decay: float, hp: dict) -> tuple[object, tuple[str, ...]]:
+    """Build `new_name` over the same parameters; carry the state keys whose meaning survives.
+
+    Returns the optimizer and the carried keys (empty when its state starts fresh).
+    """
+    new = build_optimizer(new_name, model, lr, weight_decay, hp)
+    a, b = specs.OPTIMIZERS[old_name], specs.OPTIMIZERS[new_name]
+    if not a.family or a.family != b.family:
+        return new, ()
+    keys = b.carries
+    for p, state in old.state.items():  # families hold plain torch optimizers, never MuonAdamW
+        if all(k in state for k in keys):
+            new.state[p] = {k: state[k] for k in keys}
+            if new_name == "nadam":
+                steps = int(state["step"])
+                new.state[p]["mu_product"] = torch.tensor(nadam_mu_product(steps, hp["beta1"]),
+                                                          dtype=state["step"].dtype)
+    return new, keys
+
+
+def rebuild_keeping_state(old, name: str, model: nn.Module, lr: float, weight_decay: float,
+                          hp: dict) -> tuple[object, int]:
+    """A new optimizer over the model's current parameters (after a norm swap).
+
+    Parameters that survived keep their state; returns (optimizer, tensors kept).
+    """
+    new = build_optimizer(name, model, lr, weight_decay, hp)
+    old_state = {p: (type(sub), s) for sub in _subs(old) for p, s in sub.state.items()}
+    kept = 0
+    for sub in _subs(new):
+        for p in (p for g in sub.param_groups for p in g["params"]):
+            if p in old_state and old_state[p][0] is type(sub):
+                sub.state[p] = old_state[p][1]
+                kept += 1
+    return new, kept
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int, decay_every: int,
+              gamma: float = 0.5, min_ratio: float = 0.1) -> float:
+    """Multiplier on the base lr at `step` (0-based) of `total`."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "warmup-cosine":
+        if step < warmup:
+            return (step + 1) / warmup                       # linear warm-up to 1
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return gamma ** (step // decay_every)                # halve every decay_every steps
+    if schedule == "inverse-time":
+        return 1.0 / (1.0 + step / decay_every)              # 1/t: half at step decay_every
+    raise ValueError(f"unknown schedule {schedule!r}")

@@ -1,0 +1,140 @@
+"""What can be trained: model configs, optimizers, schedules, norms. No torch here.
+
+The UI process reads these tables to offer choices and validate input, so this
+module must stay importable without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NORMS = ("none", "batch", "layer", "rms", "group")
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    in_dim: int = 32            # input features of the teacher task
+    classes: int = 10           # output classes
+    layers: int = 3             # hidden Linear -> norm -> activation blocks
+    width: int = 128            # hidden width
+    activation: str = "relu"    # relu | gelu | tanh | sigmoid
+    norm: str = "none"          # none | batch | layer | rms
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    image_size: int = 16        # square single-channel images
+    classes: int = 10           # shape classes
+    layers: int = 3             # conv blocks
+    width: int = 32             # channels of every conv block
+    residual: bool = False      # add the block's input to its output
+    norm: str = "batch"         # none | batch | layer | rms | group
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    in_dim: int = 2             # adding problem: (value, marker) per step
+    out_dim: int = 1            # one regression target
+    cell: str = "gru"           # rnn (tanh) | gru | lstm
+    layers: int = 1             # stacked recurrent layers
+    width: int = 64             # hidden size
+    seq_len: int = 20           # adding-problem length; longer is harder
+    norm: str = "none"          # none | layer | rms, on each step's gate pre-activations
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    vocab_size: int = 128       # set from the text at build time
+    layers: int = 2             # decoder blocks
+    width: int = 64             # d_model
+    heads: int = 4              # attention heads; must divide width
+    seq_len: int = 64           # context length in characters
+    norm: str = "layer"         # none | layer | rms, pre-norm as in GPT-2
+
+
+MODEL_CONFIGS = {
+    "mlp": MLPConfig,
+    "cnn": CNNConfig,
+    "rnn": RNNConfig,
+    "transformer": TransformerConfig,
+}
+
+# Which run-config size fields each model reads (a flag for another model is refused).
+MODEL_FIELDS = {
+    "mlp": ("layers", "width", "activation"),
+    "cnn": ("layers", "width", "residual"),
+    "rnn": ("layers", "width", "seq_len", "cell"),
+    "transformer": ("layers", "width", "heads", "seq_len", "text"),
+}
+
+CHOICES = {
+    "activation": ("relu", "gelu", "tanh", "sigmoid"),
+    "cell": ("rnn", "gru", "lstm"),
+}
+
+DEFAULT_BATCH_SIZE = {"mlp": 128, "cnn": 64, "rnn": 64, "transformer": 32}
+
+# Norms a model refuses, with the reason shown to the user.
+REFUSED_NORMS = {
+    "mlp": {"group": "group norm needs channels; the MLP takes none, batch, layer or rms"},
+    "rnn": {
+        "batch": "batch norm in a recurrent net needs statistics per time step; use layer or rms",
+        "group": "group norm needs channels; the RNN takes none, layer or rms",
+    },
+    "transformer": {
+        "batch": "batch norm in a causal language model leaks future tokens through the "
+        "batch statistics; use layer or rms",
+        "group": "group norm needs channels; the transformer takes none, layer or rms",
+    },
+    "cnn": {},
+}
+
+
+def norm_refusal(model: str, norm: str) -> str | None:
+    """Why `model` refuses `norm`, or None when the pair makes sense."""
+    if norm not in NORMS:
+        return f"unknown normalization {norm!r}; allowed: {', '.join(NORMS)}"
+    return REFUSED_NORMS[model].get(norm)
+
+
+def allowed_norms(model: str) -> tuple[str, ...]:
+    return tuple(n for n in NORMS if norm_refusal(model, n) is None)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    lr: float                                   # default learning rate
+    hparams: tuple[str, ...] = ()               # run-config fields it reads
+    weight_decay: float = 0.0                   # default weight decay
+    carries: tuple[str, ...] = ()               # state keys that keep their meaning
+    family: str = ""                            # switches within a family carry `carries`
+    defaults: dict = field(default_factory=dict)
+
+
+OPTIMIZERS = {
+    "sgd": OptimizerSpec(lr=0.1),
+    "momentum": OptimizerSpec(lr=0.05, hparams=("momentum",), carries=("momentum_buffer",),
+                              family="heavy-ball", defaults={"momentum": 0.9}),
+    "nesterov": OptimizerSpec(lr=0.05, hparams=("momentum",), carries=("momentum_buffer",),
+                              family="heavy-ball", defaults={"momentum": 0.9}),
+    "adagrad": OptimizerSpec(lr=0.05),
+    "rmsprop": OptimizerSpec(lr=1e-3, hparams=("momentum", "beta2"), defaults={"momentum": 0.0,
+                                                                                "beta2": 0.99}),
+    "adam": OptimizerSpec(lr=3e-3, hparams=("beta1", "beta2"), carries=("step", "exp_avg", "exp_avg_sq"),
+                          family="adam", defaults={"beta1": 0.9, "beta2": 0.999}),
+    "adamw": OptimizerSpec(lr=3e-3, hparams=("beta1", "beta2"), weight_decay=0.01,
+                           carries=("step", "exp_avg", "exp_avg_sq"), family="adam",
+                           defaults={"beta1": 0.9, "beta2": 0.999}),
+    "nadam": OptimizerSpec(lr=3e-3, hparams=("beta1", "beta2"), carries=("step", "exp_avg", "exp_avg_sq"),
+                           family="adam", defaults={"beta1": 0.9, "beta2": 0.999}),
+    "radam": OptimizerSpec(lr=3e-3, hparams=("beta1", "beta2"), carries=("step", "exp_avg", "exp_avg_sq"),
+                           family="adam", defaults={"beta1": 0.9, "beta2": 0.999}),
+    "adamax": OptimizerSpec(lr=3e-3, hparams=("beta1", "beta2"), defaults={"beta1": 0.9, "beta2": 0.999}),
+    "adafactor": OptimizerSpec(lr=1e-2),
+    # Muon orthogonalises the update of 2-D hidden weights; embeddings, the head and
+    # every non-2-D tensor go to AdamW at the same lr (Moonshot's RMS matching).
+    "muon": OptimizerSpec(lr=3e-3, hparams=("momentum",), weight_decay=0.01,
+                          defaults={"momentum": 0.95}),
+}
+
+SCHEDULES = ("constant", "warmup-cosine", "step", "inverse-time")

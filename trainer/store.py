@@ -1,0 +1,276 @@
+"""The run store: ``runs/<id>/run.sqlite`` (WAL) plus ``config.toml``. No torch here.
+
+One writer thread owns the write connection and commits batched transactions at
+most ``flush_interval`` seconds apart, so a SIGKILL loses at most that much. The
+reader side (``open_run``, ``list_runs``) is what the UI, replay and reports use;
+opening a run left ``running`` by a process that no longer exists marks it
+``killed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from .events import event_kind, event_payload
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (
+    id TEXT PRIMARY KEY, model TEXT, optimizer TEXT, norm TEXT,
+    created REAL, ended REAL, status TEXT,
+    pid INTEGER, pid_started REAL, host TEXT,
+    config TEXT, summary TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    step INTEGER PRIMARY KEY, time REAL, loss REAL, lr REAL,
+    grad_norm REAL, clipped INTEGER, examples_per_second REAL
+);
+CREATE TABLE IF NOT EXISTS val (step INTEGER PRIMARY KEY, time REAL, loss REAL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER, time REAL, kind TEXT, payload TEXT
+);
+"""
+LIVE, FINAL = ("running",), ("finished", "diverged", "failed", "interrupted", "killed")
+DB_NAME, CONFIG_NAME = "run.sqlite", "config.toml"
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write to a temporary name beside `path`, fsync, then rename into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    try:
+        with open(tmp, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(db, timeout=10.0, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+    return con
+
+
+def new_run_id(model: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{secrets.token_hex(2)}"
+
+
+class RunStore:
+    """Append-only writer for one run. All writes go through one thread."""
+
+    def __init__(self, run_dir: Path, flush_interval: float = 0.25):
+        self.run_dir = Path(run_dir)
+        self.run_id = self.run_dir.name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._flush_interval = flush_interval
+        self.write_errors = 0
+        self._thread = threading.Thread(target=self._writer, name="run-store-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def create(cls, runs_dir: str | os.PathLike, config: dict, config_toml: str,
+               flush_interval: float = 0.25) -> "RunStore":
+        """Make ``runs_dir/<id>/`` with its database and config; return the open store."""
+        run_dir = Path(runs_dir) / new_run_id(config["model"])
+        run_dir.mkdir(parents=True, exist_ok=False)
+        write_atomic(run_dir / CONFIG_NAME, config_toml)
+        con = _connect(run_dir / DB_NAME)
+        with con:
+            con.executescript(SCHEMA)
+            con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            me = psutil.Process()
+            con.execute(
+                "INSERT INTO run (id, model, optimizer, norm, created, status, pid, pid_started,"
+                " host, config) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_dir.name, config["model"], config["optimizer"], config["norm"], time.time(),
+                 "running", me.pid, me.create_time(), socket.gethostname(), json.dumps(config)))
+        con.close()
+        return cls(run_dir, flush_interval)
+
+    # -- writes (queued; the writer thread commits them in batches) --
+
+    def record_step(self, step: int, t: float, loss: float, lr: float, grad_norm: float,
+                    clipped: bool, examples_per_second: float) -> None:
+        self._queue.put(("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?)",
+                         (step, t, loss, lr, grad_norm, int(clipped), examples_per_second)))
+
+    def record_val(self, step: int, t: float, loss: float) -> None:
+        self._queue.put(("INSERT OR REPLACE INTO val VALUES (?,?,?)", (step, t, loss)))
+
+    def record_event(self, event) -> None:
+        self._queue.put(("INSERT INTO events (step, time, kind, payload) VALUES (?,?,?,?)",
+                         (event.step, time.time(), event_kind(event),
+                          json.dumps(event_payload(event), default=str))))
+
+    def set_status(self, status: str, summary: dict | None = None) -> None:
+        ended = time.time() if status in FINAL else None
+        self._queue.put(("UPDATE run SET status=?, ended=?, summary=?",
+                         (status, ended, json.dumps(summary) if summary is not None else None)))
+
+    def close(self) -> None:
+        """Commit everything queued and stop the writer."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _writer(self) -> None:
+        con = _connect(self.run_dir / DB_NAME)
+        pending: list = []
+        stop = False
+        while not stop:
+            try:
+                item = self._queue.get(timeout=self._flush_interval)
+                while True:
+                    if item is None:
+                        stop = True
+                        break
+                    pending.append(item)
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            if pending:
+                try:
+                    _commit(con, pending)
+                    pending = []
+                except sqlite3.Error:
+                    self.write_errors += 1  # keep the batch and retry on the next tick
+                    if stop:
+                        break
+            if not stop:
+                time.sleep(self._flush_interval / 4)  # gather a batch; bounds commit rate
+        con.close()
+
+
+def _commit(con: sqlite3.Connection, items: list) -> None:
+    con.execute("BEGIN")
+    try:
+        i = 0
+        while i < len(items):  # runs of the same statement go through executemany
+            sql = items[i][0]
+            j = i
+            while j < len(items) and items[j][0] == sql:
+                j += 1
+            con.executemany(sql, [params for _, params in items[i:j]])
+            i = j
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+# -- reading ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: str
+    run_dir: str
+    model: str
+    optimizer: str
+    norm: str
+    status: str
+    created: float
+    ended: float | None
+    config: dict
+    summary: dict | None
+    steps: int                      # steps recorded
+    final_loss: float | None
+
+
+def _process_alive(pid: int, started: float) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+class RunReader:
+    """Read one run's store: its info and its series."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        db = self.run_dir / DB_NAME
+        if not db.is_file():
+            raise FileNotFoundError(f"no run store at {db}")
+        self._con = sqlite3.connect(db, timeout=10.0, isolation_level=None)
+        self._mark_killed_if_orphaned()
+
+    def _mark_killed_if_orphaned(self) -> None:
+        row = self._con.execute("SELECT status, pid, pid_started, host FROM run").fetchone()
+        if row and row[0] in LIVE and row[3] == socket.gethostname() and not _process_alive(row[1], row[2]):
+            last = self._con.execute("SELECT MAX(time) FROM steps").fetchone()[0]
+            self._con.execute("UPDATE run SET status='killed', ended=? WHERE status='running'",
+                              (last or time.time(),))
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def info(self) -> RunInfo:
+        r = self._con.execute("SELECT id, model, optimizer, norm, status, created, ended, config,"
+                              " summary FROM run").fetchone()
+        n, = self._con.execute("SELECT COUNT(*) FROM steps").fetchone()
+        last = self._con.execute("SELECT loss FROM steps ORDER BY step DESC LIMIT 1").fetchone()
+        return RunInfo(id=r[0], run_dir=str(self.run_dir), model=r[1], optimizer=r[2], norm=r[3],
+                       status=r[4], created=r[5], ended=r[6], config=json.loads(r[7]),
+                       summary=json.loads(r[8]) if r[8] else None, steps=n,
+                       final_loss=last[0] if last else None)
+
+    def steps(self, since: int = -1) -> dict[str, list]:
+        """Per-step columns (step, time, loss, lr, grad_norm, clipped, examples_per_second)."""
+        cur = self._con.execute("SELECT * FROM steps WHERE step > ? ORDER BY step", (since,))
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+    def val(self) -> dict[str, list]:
+        rows = self._con.execute("SELECT step, loss FROM val ORDER BY step").fetchall()
+        return {"step": [r[0] for r in rows], "loss": [r[1] for r in rows]}
+
+    def events(self, kind: str | None = None, since_id: int = 0) -> list[dict]:
+        sql = "SELECT id, step, time, kind, payload FROM events WHERE id > ?"
+        args: tuple = (since_id,)
+        if kind is not None:
+            sql, args = sql + " AND kind = ?", (since_id, kind)
+        rows = self._con.execute(sql + " ORDER BY id", args).fetchall()
+        return [{"id": r[0], "step": r[1], "time": r[2], "kind": r[3], **json.loads(r[4])}
+                for r in rows]
+
+    def integrity_ok(self) -> bool:
+        return self._con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def open_run(run_dir: str | os.PathLike) -> RunReader:
+    return RunReader(run_dir)
+
+
+def list_runs(runs_dir: str | os.PathLike) -> list[RunInfo]:
+    """Every readable run under `runs_dir`, oldest first."""
+    out = []
+    for db in sorted(Path(runs_dir).glob(f"*/{DB_NAME}")):
+        try:
+            with RunReader(db.parent) as r:
+                out.append(r.info())
+        except sqlite3.Error:
+            continue
+    return sorted(out, key=lambda i: i.created)

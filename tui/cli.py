@@ -1,0 +1,73 @@
+"""The ``lsml-tui`` command line: parse, validate, then train headless or open the dashboard.
+
+Bad input is refused before anything starts: one line on stderr naming the bad
+value and what is allowed, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lsml_tui.trainer.config import (FIELDS, ConfigError, RunConfig, check_runs_dir, flag,
+                                     load_toml, parse_value, resolve, to_toml)
+
+PROG = "lsml-tui"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse would print the usage too)
+        print(f"{PROG}: error: {message} (see {PROG} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Watch a neural network train and see what it costs.",
+                argument_default=argparse.SUPPRESS)
+    p.add_argument("--headless", action="store_true", help="train without the dashboard, "
+                   "with a progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="with --headless: print a JSON summary "
+                   "on stdout at the end")
+    p.add_argument("--config", metavar="TOML", help="read options from a TOML file (flags override)")
+    p.add_argument("--print-config", action="store_true", help="print the effective config as "
+                   "TOML and exit")
+    p.add_argument("--no-progress", action="store_true", help="with --headless: no progress bar")
+    for name, f in FIELDS.items():
+        flags = [flag(name), *f.metadata.get("aliases", ())]
+        if f.metadata["kind"] == "bool":
+            p.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
+                           help=f.metadata["help"])
+        else:
+            p.add_argument(*flags, dest=name, metavar=name.upper(), help=f.metadata["help"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """defaults < --config file < flags; then validate and fill every default."""
+    values = load_toml(args.config) if "config" in args else {}
+    for name, f in FIELDS.items():
+        if name in args:
+            raw = getattr(args, name)
+            values[name] = raw if f.metadata["kind"] == "bool" else parse_value(name, raw)
+    return resolve(RunConfig(**values))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        if "print_config" in args:
+            print(to_toml(cfg), end="")
+            return 0
+        check_runs_dir(cfg.runs_dir)
+        if "headless" not in args:
+            print(f"{PROG}: the dashboard is not built yet; training headless", file=sys.stderr)
+        from lsml_tui.trainer.headless import run_headless  # imports torch
+        return run_headless(cfg, json_out="json" in args, progress="no_progress" not in args)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
