@@ -39,11 +39,12 @@ def resolve_device(name: str) -> torch.device:
 class Trainer:
     """Trains one run. ``submit`` is thread-safe; ``run`` blocks until the run ends."""
 
-    def __init__(self, cfg: RunConfig, sink=None, store=None, final_loss_window: int = 10):
+    def __init__(self, cfg: RunConfig, sink=None, store=None, final_loss_window: int = 10,
+                 event_rate: float = 20.0):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.store = store
-        self.events = Coalescer(sink or (lambda batch: None))
+        self.events = Coalescer(sink or (lambda batch: None), max_rate=event_rate)
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         torch.manual_seed(cfg.seed)
         self.task = build_task(cfg, self.device)
@@ -186,6 +187,8 @@ class Trainer:
                 if self._stop:
                     self.status = "interrupted"
                     break
+                if self.paused and not self._single_step:
+                    continue                               # a pause just arrived: wait
                 if not self._train_step():
                     self.status = "diverged"
                     break

@@ -1,0 +1,23 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, cwd=None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run the real `lsml-tui` entry point in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "lsml_tui.tui.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_json(*args: str, cwd=None) -> dict:
+    """A headless run's --json summary (the last stdout line)."""
+    proc = run_cli("--headless", "--json", "--no-progress", *args, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    return tmp_path / "runs"
