@@ -52,6 +52,9 @@ def run_headless(cfg: RunConfig, json_out: bool = False, progress: bool = True) 
     if json_out:
         print(json.dumps(summary), flush=True)
     else:
-        console.print(f"{summary['status']}: {summary['steps']} steps, final train loss "
-                      f"{summary['final_train_loss']}, run stored in {summary['run_dir']}")
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        console.print(f"{summary['status']}: {summary['steps']} steps, train loss "
+                      f"{fmt(summary['initial_train_loss'])} -> {fmt(summary['final_train_loss'])}"
+                      f", val {fmt(summary['final_val_loss'])}; stored in {summary['run_dir']}",
+                      soft_wrap=True, highlight=False)
     return EXIT_STATUS.get(summary["status"], 1)
