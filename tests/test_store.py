@@ -19,7 +19,8 @@ CONFIG = {"model": "mlp", "optimizer": "adam", "norm": "none"}
 def test_what_is_written_reads_back(tmp_path):
     st = RunStore.create(tmp_path, CONFIG, 'model = "mlp"\n')
     for step in range(5):
-        st.record_step(step, 100.0 + step, 2.0 - step / 10, 1e-3, 0.5 * step, step % 2 == 1, 64.0)
+        st.record_step(step, 100.0 + step, 2.0 - step / 10, 1e-3, 0.5 * step, 0.25 * step,
+                       step % 2 == 1, 64.0)
     st.record_val(4, 105.0, 1.5)
     st.record_event(CommandApplied(3, "lr 0.01", "lr 0.001 -> 0.01", {"lr": 0.01}))
     st.set_status("finished", {"steps": 5})
@@ -35,6 +36,7 @@ def test_what_is_written_reads_back(tmp_path):
     assert steps["loss"] == [2.0 - s / 10 for s in range(5)]
     assert steps["clipped"] == [0, 1, 0, 1, 0]
     assert steps["grad_norm"] == [0.5 * s for s in range(5)]
+    assert steps["grad_norm_clipped"] == [0.25 * s for s in range(5)]
     assert (event["kind"], event["step"], event["changes"]) == ("CommandApplied", 3, {"lr": 0.01})
     assert info.final_loss == 2.0 - 4 / 10
     assert [i.id for i in list_runs(tmp_path)] == [st.run_id]
@@ -45,7 +47,7 @@ def test_a_run_left_running_by_a_dead_process_opens_as_killed(tmp_path):
                            capture_output=True, text=True, check=True)
     dead_pid = int(child.stdout)
     st = RunStore.create(tmp_path, CONFIG, "")
-    st.record_step(0, 123.0, 1.0, 1e-3, 1.0, False, 1.0)
+    st.record_step(0, 123.0, 1.0, 1e-3, 1.0, 1.0, False, 1.0)
     st.close()
     import sqlite3
     con = sqlite3.connect(st.run_dir / DB_NAME)

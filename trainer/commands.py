@@ -51,7 +51,12 @@ class Stop:
     pass
 
 
-Command = SetOptimizer | SetNorm | SetLR | SetClip | Pause | Resume | SingleStep | Stop
+@dataclass(frozen=True)
+class CaptureTrace:
+    steps: int = 5                      # torch.profiler over this many steps
+
+
+Command = SetOptimizer | SetNorm | SetLR | SetClip | Pause | Resume | SingleStep | Stop | CaptureTrace
 
 
 def describe(cmd: Command) -> str:
@@ -65,4 +70,6 @@ def describe(cmd: Command) -> str:
             return f"lr {lr:g}"
         case SetClip(threshold=t):
             return "clip off" if t is None else f"clip {t:g}"
+        case CaptureTrace(steps=n):
+            return f"trace {n} steps"
     return type(cmd).__name__.lower().replace("singlestep", "single step")

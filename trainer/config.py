@@ -60,6 +60,9 @@ class RunConfig:
     seed: int = _f(0, "random seed for weights and data", "int")
     val_every: int = _f(100, "steps between validation losses", "int")
     val_batches: int = _f(4, "batches per validation loss", "int")
+    profile: bool = _f(True, "live profiling: FLOPs, saved activations, per-layer gradients, "
+                             "timing, system load", "bool")
+    sample_every: int = _f(100, "steps between profiling samples", "int")
     runs_dir: str = _f("runs", "where runs/<id>/ are written", "str")
 
     def replace(self, **changes) -> "RunConfig":
@@ -229,7 +232,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"--weight-decay {wd} is out of range: must be a finite number >= 0")
     check_clip(cfg.clip)
 
-    for name in ("steps", "val_every", "val_batches"):
+    for name in ("steps", "val_every", "val_batches", "sample_every"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{flag(name)} {getattr(cfg, name)} is out of range: "
                               f"must be an integer >= 1")

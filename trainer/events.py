@@ -8,6 +8,7 @@ fast loop cannot flood the UI whatever its step rate.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -70,6 +71,72 @@ class RunFailed:
 
 
 @dataclass(frozen=True)
+class ClipEvent:
+    step: int
+    grad_norm: float                # before clipping
+    threshold: float
+    scale: float                    # what the gradients were multiplied by
+
+
+@dataclass(frozen=True)
+class NonFiniteGradients:
+    step: int
+    parameter: str                  # the first, in module order, with a NaN or Inf gradient
+    loss: float
+    message: str
+
+
+@dataclass(frozen=True)
+class FlopTable:
+    step: int
+    forward: int                    # FLOPs per step
+    backward: int
+    per_module: dict                # module -> [forward, backward]
+    input_shape: list
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    step: int
+    names: list                     # parameters, in module order
+    grad_norms: list
+    update_ratios: list             # ||delta w|| / ||w|| of this step's update
+    saved_bytes: dict               # module -> bytes saved for backward
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    step: int
+    param_bytes: int
+    grad_bytes: int
+    optimizer_state_bytes: int
+    saved_activation_bytes: int
+    cuda_peak_bytes: int | None     # torch.cuda.max_memory_allocated over the step
+
+
+@dataclass(frozen=True)
+class TimingSample:
+    step: int
+    phases: dict                    # data, forward, backward, optimizer -> seconds
+    step_seconds: float             # typical unsampled step (moving average)
+    flops_per_second: float | None
+    mfu: float | None
+
+
+@dataclass(frozen=True)
+class SystemSample:
+    step: int
+    sample: dict                    # cpu_percent, rss_bytes, gpus: [...]
+
+
+@dataclass(frozen=True)
+class TraceCaptured:
+    step: int
+    path: str
+    steps: int
+
+
+@dataclass(frozen=True)
 class RunFinished:
     step: int
     status: str                     # finished | diverged | failed | interrupted
@@ -77,7 +144,8 @@ class RunFinished:
 
 
 Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
-         | RunFailed | RunFinished)
+         | RunFailed | ClipEvent | NonFiniteGradients | FlopTable | LayerStats | MemorySample
+         | TimingSample | SystemSample | TraceCaptured | RunFinished)
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
 
@@ -98,11 +166,13 @@ class Coalescer:
             raise ValueError(f"max_rate must be > 0, got {max_rate}")
         self._sink, self._interval, self._clock = sink, 1.0 / max_rate, clock
         self._buffer: list = []
+        self._lock = threading.Lock()   # the system sampler emits from its own thread
         self._last = float("-inf")
         self.batches_sent = 0
 
     def emit(self, event: Event) -> None:
-        self._buffer.append(event)
+        with self._lock:
+            self._buffer.append(event)
 
     def poll(self) -> None:
         """Send the buffer if the last batch left at least 1/max_rate seconds ago."""
@@ -111,8 +181,10 @@ class Coalescer:
 
     def flush(self) -> None:
         """Send whatever is buffered now (before blocking, and at the end of a run)."""
-        if self._buffer:
+        with self._lock:
+            if not self._buffer:
+                return
             batch, self._buffer = tuple(self._buffer), []
-            self._last = self._clock()
-            self.batches_sent += 1
-            self._sink(batch)
+        self._last = self._clock()
+        self.batches_sent += 1
+        self._sink(batch)

@@ -14,10 +14,16 @@ from . import commands as C
 from . import specs
 from .config import ConfigError, RunConfig, check_clip, check_lr, suggest
 from .data import build_task
-from .events import (CommandApplied, CommandRefused, Coalescer, Diverged, RunFailed, RunFinished,
-                     RunStarted, StepMetrics, ValMetrics)
+from lsml_tui.profilers.gradients import first_nonfinite
+from lsml_tui.profilers.system import SystemSampler
+from lsml_tui.profilers.trace import TraceCapture
+
+from .events import (ClipEvent, CommandApplied, CommandRefused, Coalescer, Diverged,
+                     NonFiniteGradients, RunFailed, RunFinished, RunStarted, StepMetrics,
+                     SystemSample, TraceCaptured, ValMetrics)
 from .models import build_model, num_params, set_norm
 from .optim import build_optimizer, lr_factor, rebuild_keeping_state, switch_optimizer
+from .profiling import NULL_PROBE, Profiler
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,7 +55,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.task = build_task(cfg, self.device)
         self.model = build_model(cfg, self.task.model_fields).to(self.device)
-        self.params = [p for p in self.model.parameters()]
+        self._index_params()
         self.optimizer_name, self.norm = cfg.optimizer, cfg.norm
         self.base_lr, self.clip, self.weight_decay = cfg.lr, cfg.clip, cfg.weight_decay
         self.hparams = {k: getattr(cfg, k) for k in specs.OPTIMIZERS[cfg.optimizer].hparams}
@@ -64,7 +70,10 @@ class Trainer:
         self.last_val_loss: float | None = None
         self.last_grad_norm: float | None = None
         self.clip_count = 0
+        self.skipped_steps = 0
         self.train_seconds = 0.0
+        self.profiler = Profiler(lambda: self.model, self.device, cfg.profile, cfg.sample_every)
+        self._trace: TraceCapture | None = None
         self._single_step = False
         self._stop = False
 
@@ -73,6 +82,16 @@ class Trainer:
     def submit(self, cmd: C.Command) -> None:
         """Queue a command; it is applied between two steps (thread-safe)."""
         self._commands.put(cmd)
+
+    def _index_params(self) -> None:
+        named = list(self.model.named_parameters())
+        self.param_names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+
+    def _emit_sample(self, event) -> None:
+        self.events.emit(event)
+        if self.store is not None:
+            self.store.record_sample(event)
 
     def _emit(self, event) -> None:
         self.events.emit(event)
@@ -117,7 +136,7 @@ class Trainer:
                     raise ConfigError(f"norm is already {kind}")
                 old, slots = self.norm, set_norm(self.model, kind)
                 self.norm = kind
-                self.params = list(self.model.parameters())
+                self._index_params()
                 self.optimizer, kept = rebuild_keeping_state(
                     self.optimizer, self.optimizer_name, self.model, self.base_lr,
                     self.weight_decay, self.hparams)
@@ -151,6 +170,17 @@ class Trainer:
             case C.Stop():
                 self._stop = True
                 return f"stop requested before step {self.step}", {}
+            case C.CaptureTrace(steps=n):
+                if self.store is None:
+                    raise ConfigError("a trace needs a run directory to be written to")
+                if self._trace is not None:
+                    raise ConfigError("a trace is already being captured")
+                if not 1 <= n <= 100:
+                    raise ConfigError(f"trace steps {n} is out of range: must be 1 to 100")
+                path = self.store.run_dir / f"trace-step{self.step}.json"
+                self._trace = TraceCapture(path, n, self.device)
+                return f"tracing steps {self.step} to {self.step + n - 1} into {path.name}", {
+                    "path": str(path)}
         raise ConfigError(f"unknown command {cmd!r}")
 
     def _set_optimizer(self, new: str, lr: float | None, hp: dict) -> tuple[str, dict]:
@@ -181,6 +211,7 @@ class Trainer:
         self._emit(RunStarted(0, self.store.run_id if self.store else "", str(self.store.run_dir)
                               if self.store else "", cfg.to_dict(), num_params(self.model),
                               str(self.device)))
+        sampler = SystemSampler(self._on_system_sample).start() if cfg.profile else None
         try:
             while self.step < cfg.steps:
                 self._drain_commands()
@@ -205,6 +236,10 @@ class Trainer:
         except Exception as e:  # a fault becomes an event; what was recorded stays
             self.status = "failed"
             self._emit(RunFailed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
+        if sampler is not None:
+            sampler.stop()
+        if self._trace is not None:
+            self._trace.abandon()
         summary = self.summary()
         self._emit(RunFinished(self.step, self.status, summary))
         if self.store is not None:
@@ -219,41 +254,87 @@ class Trainer:
                                       self.cfg.warmup_steps, self.cfg.decay_every)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        probe = self.profiler.probe(self.step, self.norm)   # a no-op on most steps
         x, y = self.task.batch("train", self.cfg.batch_size, self.gen)
+        probe.mark("data")
         self.model.train()
-        loss = self.task.loss(self.model(x), y)
-        loss.backward()
+        with probe.counting(x):                             # FLOPs, once per model shape
+            with probe.saving():                            # saved activations, sampled
+                loss = self.task.loss(self.model(x), y)
+            probe.end_forward()
+            probe.mark("forward")
+            loss.backward()
+        probe.mark("backward")
+        probe.after_backward(self.params)
         grads = [p.grad for p in self.params if p.grad is not None]
         if self.clip is None:
             norm = torch.nn.utils.get_total_norm(grads)
         else:  # the norm clip_grad_norm_ returns is the pre-clip norm: a free metric
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         # One read-back per step (a device sync on GPU), before the update, so a
-        # non-finite loss never reaches the weights.
+        # non-finite loss or gradient never reaches the weights.
         loss_v, norm_v = torch.stack([loss.detach().float(), norm.float()]).tolist()
         if not math.isfinite(loss_v):
             self.optimizer.zero_grad(set_to_none=True)
             self._emit(Diverged(self.step, loss_v, f"loss became {loss_v} at step {self.step}; "
                                 f"try a lower --lr (now {lr:g}) or --clip"))
             return False
+        if not math.isfinite(norm_v):
+            self._skip_step(loss_v, lr)
+            return True
+        probe.before_update(self.params)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        probe.mark("optimizer")
+        probe.finish(self)
         dt = time.perf_counter() - t0
         self.train_seconds += dt
+        self.profiler.observe_step_time(dt, probed=probe is not NULL_PROBE)
         clipped = self.clip is not None and norm_v > self.clip
-        self.clip_count += clipped
-        self._record(loss_v, lr, norm_v, clipped, self.cfg.batch_size / dt)
+        scale = self.clip / (norm_v + 1e-6) if clipped else 1.0   # clip_grad_norm_'s own formula
+        if clipped:
+            self.clip_count += 1
+            self.events.emit(ClipEvent(self.step, norm_v, self.clip, scale))
+            if self.store is not None:
+                self.store.record_clip(self.step, norm_v, self.clip, scale)
+        self._record(loss_v, lr, norm_v, norm_v * scale, clipped, self.cfg.batch_size / dt)
+        self._advance_trace()
         self.step += 1
         return True
 
-    def _record(self, loss: float, lr: float, grad_norm: float, clipped: bool, eps: float) -> None:
+    def _skip_step(self, loss: float, lr: float) -> None:
+        """Gradients went NaN or Inf with a finite loss: name the culprit, skip the update."""
+        name = first_nonfinite(self.param_names, self.params)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self._emit(NonFiniteGradients(self.step, name or "?", loss,
+                                      f"non-finite gradient in {name} at step {self.step}; "
+                                      f"update skipped"))
+        self._record(loss, lr, float("nan"), float("nan"), False, 0.0)
+        self.step += 1
+
+    def _advance_trace(self) -> None:
+        if self._trace is not None:
+            n = self._trace.remaining
+            path = self._trace.step()
+            if path is not None:
+                self._trace = None
+                self._emit(TraceCaptured(self.step, str(path), n))
+
+    def _on_system_sample(self, sample: dict) -> None:  # on the sampler's thread
+        self._emit_sample(SystemSample(self.step, sample))
+
+    def _record(self, loss: float, lr: float, grad_norm: float, grad_norm_clipped: float,
+                clipped: bool, eps: float) -> None:
         if self.initial_loss is None:
             self.initial_loss = loss
         self.recent_losses.append(loss)
-        self.last_grad_norm = grad_norm
+        if math.isfinite(grad_norm):
+            self.last_grad_norm = grad_norm
         now = time.time()
         if self.store is not None:
-            self.store.record_step(self.step, now, loss, lr, grad_norm, clipped, eps)
+            self.store.record_step(self.step, now, loss, lr, grad_norm, grad_norm_clipped, clipped,
+                                   eps)
         self.events.emit(StepMetrics(self.step, loss, lr, grad_norm, clipped, eps, now))
 
     @torch.no_grad()
@@ -287,6 +368,8 @@ class Trainer:
             "final_train_loss": sum(recent) / len(recent) if recent else None,
             "final_val_loss": self.last_val_loss,
             "last_grad_norm": self.last_grad_norm,
-            "clip_count": self.clip_count,
+            "clip_events": self.clip_count,
+            "skipped_steps": self.skipped_steps,
             "steps_per_second": self.step / self.train_seconds if self.train_seconds else None,
+            **self.profiler.summary(),
         }

@@ -34,7 +34,13 @@ CREATE TABLE IF NOT EXISTS run (
 );
 CREATE TABLE IF NOT EXISTS steps (
     step INTEGER PRIMARY KEY, time REAL, loss REAL, lr REAL,
-    grad_norm REAL, clipped INTEGER, examples_per_second REAL
+    grad_norm REAL, grad_norm_clipped REAL, clipped INTEGER, examples_per_second REAL
+);
+CREATE TABLE IF NOT EXISTS clips (
+    step INTEGER PRIMARY KEY, grad_norm REAL, threshold REAL, scale REAL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER, time REAL, kind TEXT, payload TEXT
 );
 CREATE TABLE IF NOT EXISTS val (step INTEGER PRIMARY KEY, time REAL, loss REAL);
 CREATE TABLE IF NOT EXISTS events (
@@ -58,6 +64,21 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _json_default(value):
+    return str(value)
+
+
+def _clean(value):
+    """NaN and N/A become null: JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
 
 
 def _connect(db: Path) -> sqlite3.Connection:
@@ -106,9 +127,20 @@ class RunStore:
     # -- writes (queued; the writer thread commits them in batches) --
 
     def record_step(self, step: int, t: float, loss: float, lr: float, grad_norm: float,
-                    clipped: bool, examples_per_second: float) -> None:
-        self._queue.put(("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?)",
-                         (step, t, loss, lr, grad_norm, int(clipped), examples_per_second)))
+                    grad_norm_clipped: float, clipped: bool, examples_per_second: float) -> None:
+        self._queue.put(("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?)",
+                         (step, t, loss, lr, grad_norm, grad_norm_clipped, int(clipped),
+                          examples_per_second)))
+
+    def record_clip(self, step: int, grad_norm: float, threshold: float, scale: float) -> None:
+        self._queue.put(("INSERT OR REPLACE INTO clips VALUES (?,?,?,?)",
+                         (step, grad_norm, threshold, scale)))
+
+    def record_sample(self, event) -> None:
+        """A sampled profile (layers, memory, timing, flops, system) as JSON."""
+        self._queue.put(("INSERT INTO samples (step, time, kind, payload) VALUES (?,?,?,?)",
+                         (event.step, time.time(), event_kind(event),
+                          json.dumps(_clean(event_payload(event)), default=_json_default))))
 
     def record_val(self, step: int, t: float, loss: float) -> None:
         self._queue.put(("INSERT OR REPLACE INTO val VALUES (?,?,?)", (step, t, loss)))
@@ -116,7 +148,7 @@ class RunStore:
     def record_event(self, event) -> None:
         self._queue.put(("INSERT INTO events (step, time, kind, payload) VALUES (?,?,?,?)",
                          (event.step, time.time(), event_kind(event),
-                          json.dumps(event_payload(event), default=str))))
+                          json.dumps(_clean(event_payload(event)), default=_json_default))))
 
     def set_status(self, status: str, summary: dict | None = None) -> None:
         ended = time.time() if status in FINAL else None
@@ -242,6 +274,17 @@ class RunReader:
         names = [d[0] for d in cur.description]
         rows = cur.fetchall()
         return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+    def clips(self) -> dict[str, list]:
+        cur = self._con.execute("SELECT * FROM clips ORDER BY step")
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+    def samples(self, kind: str) -> list[dict]:
+        rows = self._con.execute("SELECT step, payload FROM samples WHERE kind = ? ORDER BY id",
+                                 (kind,)).fetchall()
+        return [{**json.loads(p), "step": s} for s, p in rows]
 
     def val(self) -> dict[str, list]:
         rows = self._con.execute("SELECT step, loss FROM val ORDER BY step").fetchall()

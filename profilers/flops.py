@@ -1,0 +1,91 @@
+"""FLOPs per module, forward and backward, with torch's FlopCounterMode.
+
+Convention: attention is counted in full (QK^T and AV over all T x T pairs,
+4 * B * h * T^2 * d_head forward), as torch's own sdpa formulas do, causal or
+not. Only matmul-like ops are counted (mm, addmm, bmm, conv, attention);
+elementwise work (norms, activations, softmax, bias adds) is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+aten = torch.ops.aten
+
+# The CPU attention kernel sdpa dispatches to has no formula in torch's registry
+# (its CUDA twins do), so attention would silently count as zero on CPU.
+_CPU_ATTENTION = {
+    aten._scaled_dot_product_flash_attention_for_cpu: flop_counter.sdpa_flop,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: flop_counter.sdpa_backward_flop,
+}
+for _op, _formula in _CPU_ATTENTION.items():
+    if _op not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(_op, get_raw=True)(_formula)  # already shape-wrapped
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    forward: int                                # whole step, forward
+    backward: int                               # whole step, backward
+    per_module: dict                            # leaf module name -> (forward, backward)
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.backward
+
+
+def _totals(counts: dict) -> dict[str, int]:
+    return {name: sum(ops.values()) for name, ops in counts.items()}
+
+
+class FlopMeter:
+    """Count one forward and one backward: ``with meter.forward(): ...`` then ``with meter.backward(): ...``."""
+
+    def __init__(self):
+        self._mode = FlopCounterMode(display=False)
+        self._fwd: dict[str, int] = {}
+        self.result: FlopCount | None = None
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def end_forward(self) -> None:
+        self._fwd = _totals(self._mode.get_flop_counts())
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        if exc[0] is None:
+            self.result = _split(self._fwd, _totals(self._mode.get_flop_counts()))
+
+
+def _split(fwd: dict[str, int], total: dict[str, int]) -> FlopCount:
+    """Per leaf module (forward, backward) from counts after forward and after backward."""
+    root = next((n for n in total if n != "Global" and "." not in n), None)
+    per = {}
+    for name, t in total.items():
+        f = fwd.get(name, 0)
+        # Every counted backward op is the gradient of a matmul-like forward op of
+        # the same module, so a module with no forward FLOPs owns no backward
+        # ones; pass-through modules (Identity) can confuse the backward module
+        # tracker, which would otherwise credit them.
+        if f == 0 or name in ("Global", root):
+            continue
+        if any(other.startswith(name + ".") and fwd.get(other, 0) for other in total):
+            continue  # a parent: its children carry the detail
+        per[name.removeprefix(f"{root}.") if root else name] = (f, t - f)
+    g_fwd = fwd.get("Global", 0)
+    return FlopCount(forward=g_fwd, backward=total.get("Global", 0) - g_fwd, per_module=per)
+
+
+def count_flops(model: torch.nn.Module, x, y, loss_fn) -> FlopCount:
+    """FLOPs of one training step on (x, y); leaves the gradients it makes in place."""
+    with FlopMeter() as meter:
+        loss = loss_fn(model(x), y)
+        meter.end_forward()
+        loss.backward()
+    return meter.result

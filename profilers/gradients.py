@@ -1,0 +1,33 @@
+"""Per-parameter gradient norms and update-to-weight ratios, with fused foreach kernels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def grad_norms(params: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each parameter's gradient, one fused call; stays on the device (no sync)."""
+    grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in params]
+    return torch.stack(torch._foreach_norm(grads))
+
+
+def snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of the weights before an update (sampled steps only)."""
+    return torch._foreach_mul([p.detach() for p in params], 1.0)
+
+
+def update_ratios(before: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+    """||w_after - w_before|| / ||w_before|| per parameter; on the device."""
+    after = [p.detach() for p in params]
+    deltas = torch._foreach_sub(after, before)
+    return torch.stack(torch._foreach_norm(deltas)) / torch.stack(torch._foreach_norm(before)).clamp_min(1e-12)
+
+
+def first_nonfinite(names: list[str], params: list[torch.Tensor]) -> str | None:
+    """The first parameter, in module order, whose gradient holds a NaN or an Inf."""
+    for name, value in zip(names, grad_norms(params).tolist()):
+        if not math.isfinite(value):
+            return name
+    return None
