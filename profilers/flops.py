@@ -31,7 +31,7 @@ for _op, _formula in _CPU_ATTENTION.items():
 class FlopCount:
     forward: int                                # whole step, forward
     backward: int                               # whole step, backward
-    per_module: dict                            # leaf module name -> (forward, backward)
+    per_module: dict                            # module -> (forward, backward) of its own ops
 
     @property
     def total(self) -> int:
@@ -64,20 +64,33 @@ class FlopMeter:
 
 
 def _split(fwd: dict[str, int], total: dict[str, int]) -> FlopCount:
-    """Per leaf module (forward, backward) from counts after forward and after backward."""
-    root = next((n for n in total if n != "Global" and "." not in n), None)
+    """Per module (forward, backward) FLOPs of its own ops, not its children's.
+
+    The counter credits an op to every enclosing module; subtracting each
+    module's direct children leaves what it runs itself (the attention kernel
+    stays with ``attn`` while ``qkv`` and ``proj`` have their own rows).
+    """
+    # Every counted backward op is the gradient of a matmul-like forward op of
+    # the same module, so a module with no forward FLOPs owns no backward ones;
+    # pass-through modules (Identity) confuse the backward module tracker, which
+    # would otherwise credit them.
+    names = [n for n in total if n != "Global" and fwd.get(n, 0)]
+    bwd = {n: total[n] - fwd[n] for n in names}
+    children: dict[str, list[str]] = {n: [] for n in names}
+    for n in names:  # the nearest recorded ancestor (a ModuleList is never called)
+        parent = n
+        while "." in parent:
+            parent = parent.rsplit(".", 1)[0]
+            if parent in children:
+                children[parent].append(n)
+                break
+    root = next((n for n in names if "." not in n), None)
     per = {}
-    for name, t in total.items():
-        f = fwd.get(name, 0)
-        # Every counted backward op is the gradient of a matmul-like forward op of
-        # the same module, so a module with no forward FLOPs owns no backward
-        # ones; pass-through modules (Identity) can confuse the backward module
-        # tracker, which would otherwise credit them.
-        if f == 0 or name in ("Global", root):
-            continue
-        if any(other.startswith(name + ".") and fwd.get(other, 0) for other in total):
-            continue  # a parent: its children carry the detail
-        per[name.removeprefix(f"{root}.") if root else name] = (f, t - f)
+    for n in names:
+        own_f = fwd[n] - sum(fwd[c] for c in children[n])
+        own_b = bwd[n] - sum(bwd[c] for c in children[n])
+        if own_f:
+            per[n.removeprefix(f"{root}.") if n != root else "(model)"] = (own_f, own_b)
     g_fwd = fwd.get("Global", 0)
     return FlopCount(forward=g_fwd, backward=total.get("Global", 0) - g_fwd, per_module=per)
 

@@ -13,7 +13,7 @@ class TraceCapture:
     """Started before a step, ``step()`` after each; after `steps` steps it writes the trace."""
 
     def __init__(self, path: Path, steps: int, device: torch.device):
-        self.path, self.remaining = Path(path), steps
+        self.path, self.steps, self.remaining = Path(path), steps, steps
         activities = [ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)

@@ -267,12 +267,10 @@ class Trainer:
         probe.mark("backward")
         probe.after_backward(self.params)
         grads = [p.grad for p in self.params if p.grad is not None]
-        if self.clip is None:
-            norm = torch.nn.utils.get_total_norm(grads)
-        else:  # the norm clip_grad_norm_ returns is the pre-clip norm: a free metric
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        # One read-back per step (a device sync on GPU), before the update, so a
-        # non-finite loss or gradient never reaches the weights.
+        norm = torch.nn.utils.get_total_norm(grads)         # global L2 norm, pre-clip
+        # One read-back per step (a device sync on GPU), before clipping and the
+        # update, so a non-finite loss or gradient never reaches the weights and
+        # clipping by a NaN norm never smears it over every gradient.
         loss_v, norm_v = torch.stack([loss.detach().float(), norm.float()]).tolist()
         if not math.isfinite(loss_v):
             self.optimizer.zero_grad(set_to_none=True)
@@ -282,6 +280,9 @@ class Trainer:
         if not math.isfinite(norm_v):
             self._skip_step(loss_v, lr)
             return True
+        clipped = self.clip is not None and norm_v > self.clip
+        if clipped:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, norm)
         probe.before_update(self.params)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -290,8 +291,7 @@ class Trainer:
         dt = time.perf_counter() - t0
         self.train_seconds += dt
         self.profiler.observe_step_time(dt, probed=probe is not NULL_PROBE)
-        clipped = self.clip is not None and norm_v > self.clip
-        scale = self.clip / (norm_v + 1e-6) if clipped else 1.0   # clip_grad_norm_'s own formula
+        scale = self.clip / (norm_v + 1e-6) if clipped else 1.0   # clip_grads_with_norm_'s formula
         if clipped:
             self.clip_count += 1
             self.events.emit(ClipEvent(self.step, norm_v, self.clip, scale))
@@ -315,11 +315,10 @@ class Trainer:
 
     def _advance_trace(self) -> None:
         if self._trace is not None:
-            n = self._trace.remaining
             path = self._trace.step()
             if path is not None:
+                self._emit(TraceCaptured(self.step, str(path), self._trace.steps))
                 self._trace = None
-                self._emit(TraceCaptured(self.step, str(path), n))
 
     def _on_system_sample(self, sample: dict) -> None:  # on the sampler's thread
         self._emit_sample(SystemSample(self.step, sample))
