@@ -12,6 +12,9 @@ from tests.conftest import run_cli, run_json
 
 SUMMARY_KEYS = {"run_dir", "status", "steps", "params", "initial_train_loss", "final_train_loss",
                 "final_val_loss", "steps_per_second"}
+PROFILE_KEYS = {"flops_forward_per_step", "flops_backward_per_step", "peak_saved_activation_bytes",
+                "param_bytes", "grad_bytes", "optimizer_state_bytes", "clip_events",
+                "last_grad_norm", "mfu"}
 
 
 def unigram_entropy(text: str) -> float:
@@ -43,6 +46,8 @@ MARGINS = {
 def test_each_model_learns_its_default_task_headless(model, runs_dir):
     summary = run_json("--model", model, "--steps", "300", "--runs-dir", str(runs_dir))
     assert SUMMARY_KEYS <= summary.keys()
+    assert all(summary[k] is not None for k in PROFILE_KEYS), summary
+    assert summary["flops_backward_per_step"] > summary["flops_forward_per_step"] > 0
     assert summary["status"] == "finished" and summary["steps"] == 300
     assert summary["final_train_loss"] < MARGINS[model]()
     assert summary["final_train_loss"] < summary["initial_train_loss"]

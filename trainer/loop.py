@@ -54,7 +54,7 @@ class Trainer:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         torch.manual_seed(cfg.seed)
         self.task = build_task(cfg, self.device)
-        self.model = build_model(cfg, self.task.model_fields).to(self.device)
+        self.model = build_model(cfg, self.task.model_fields).to(self.device).train()
         self._index_params()
         self.optimizer_name, self.norm = cfg.optimizer, cfg.norm
         self.base_lr, self.clip, self.weight_decay = cfg.lr, cfg.clip, cfg.weight_decay
@@ -220,13 +220,9 @@ class Trainer:
                     break
                 if self.paused and not self._single_step:
                     continue                               # a pause just arrived: wait
-                if not self._train_step():
+                if not self.advance():
                     self.status = "diverged"
                     break
-                self._single_step = False
-                if self.step % cfg.val_every == 0:
-                    self._validate()
-                self.events.poll()
             else:
                 self.status = "finished"
                 if self.step % cfg.val_every:
@@ -247,6 +243,20 @@ class Trainer:
         self.events.flush()
         return summary
 
+    def advance(self) -> bool:
+        """One step of the run loop: train, validate when due, pass events on.
+
+        False if the loss went non-finite. ``run`` calls it between commands;
+        benchmarks call it to time exactly what a run does per step.
+        """
+        if not self._train_step():
+            return False
+        self._single_step = False
+        if self.step % self.cfg.val_every == 0:
+            self._validate()
+        self.events.poll()
+        return True
+
     def _train_step(self) -> bool:
         """One optimizer step; False if the loss is not finite (nothing is then updated)."""
         t0 = time.perf_counter()
@@ -257,7 +267,6 @@ class Trainer:
         probe = self.profiler.probe(self.step, self.norm)   # a no-op on most steps
         x, y = self.task.batch("train", self.cfg.batch_size, self.gen)
         probe.mark("data")
-        self.model.train()
         with probe.counting(x):                             # FLOPs, once per model shape
             with probe.saving():                            # saved activations, sampled
                 loss = self.task.loss(self.model(x), y)
@@ -338,12 +347,13 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self) -> None:
-        self.model.eval()
+        self.model.eval()  # back to train() below; not per step: it walks every module
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same batches every time
         losses = [self.task.loss(self.model(x), y)
                   for x, y in (self.task.batch("val", self.cfg.batch_size, gen)
                                for _ in range(self.cfg.val_batches))]
         self.last_val_loss = torch.stack(losses).mean().item()
+        self.model.train()
         step = self.step - 1
         if self.store is not None:
             self.store.record_val(step, time.time(), self.last_val_loss)
