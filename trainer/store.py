@@ -270,16 +270,12 @@ class RunReader:
 
     def steps(self, since: int = -1) -> dict[str, list]:
         """Per-step columns (step, time, loss, lr, grad_norm, clipped, examples_per_second)."""
-        cur = self._con.execute("SELECT * FROM steps WHERE step > ? ORDER BY step", (since,))
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-        return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+        return _columns(self._con.execute("SELECT * FROM steps WHERE step > ? ORDER BY step",
+                                          (since,)))
 
     def clips(self) -> dict[str, list]:
-        cur = self._con.execute("SELECT * FROM clips ORDER BY step")
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-        return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+        """Clip events: step, grad_norm (before), threshold, scale."""
+        return _columns(self._con.execute("SELECT * FROM clips ORDER BY step"))
 
     def samples(self, kind: str) -> list[dict]:
         rows = self._con.execute("SELECT step, payload FROM samples WHERE kind = ? ORDER BY id",
@@ -301,6 +297,12 @@ class RunReader:
 
     def integrity_ok(self) -> bool:
         return self._con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _columns(cur: sqlite3.Cursor) -> dict[str, list]:
+    names = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
 
 
 def open_run(run_dir: str | os.PathLike) -> RunReader:
