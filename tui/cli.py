@@ -52,6 +52,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return resolve(RunConfig(**values))
 
 
+def run_dashboard(cfg: RunConfig) -> int:
+    """Open the dashboard; the trainer runs in its own process. No torch in this one."""
+    from lsml_tui.tui.app import LsmlApp
+    app = LsmlApp(cfg)
+    status = app.run()
+    if app.run_dir:
+        print(f"{PROG}: run {status or 'ended'}; stored in {app.run_dir}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -60,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             print(to_toml(cfg), end="")
             return 0
         check_runs_dir(cfg.runs_dir)
-        if "headless" not in args:
-            print(f"{PROG}: the dashboard is not built yet; training headless", file=sys.stderr)
-        from lsml_tui.trainer.headless import run_headless  # imports torch
-        return run_headless(cfg, json_out="json" in args, progress="no_progress" not in args)
+        if "headless" in args:
+            from lsml_tui.trainer.headless import run_headless  # imports torch
+            return run_headless(cfg, json_out="json" in args, progress="no_progress" not in args)
+        return run_dashboard(cfg)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,58 @@
+"""The trainer process's entry point, for the dashboard's bridge.
+
+This module is imported by the UI process (to name the spawn target), so it
+imports torch only inside ``worker_main``, which runs in the child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import traceback
+
+
+def _redirect_output(path) -> None:
+    """Point this process's stdout and stderr (file descriptors 1 and 2) at `path`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for target in (1, 2):
+        os.dup2(fd, target)
+    os.close(fd)
+
+
+def worker_main(config: dict, config_toml: str, commands, events) -> None:
+    """Train one run: commands arrive on `commands`, event batches leave on `events`.
+
+    ``None`` on `events` marks the end; a ``None`` command stops the forwarder.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the UI owns Ctrl-C and sends Stop
+    _redirect_output(os.devnull)                   # never write over the dashboard
+    from .config import RunConfig
+    from .events import RunFailed
+    from .loop import Trainer
+    from .store import RunStore
+
+    store = None
+    try:
+        cfg = RunConfig(**config)
+        store = RunStore.create(cfg.runs_dir, config, config_toml)
+        _redirect_output(store.run_dir / "trainer.log")  # warnings, native crash messages
+        trainer = Trainer(cfg, sink=events.put, store=store)
+    except Exception as e:  # the run could not start: say why, then end
+        events.put((RunFailed(0, f"{type(e).__name__}: {e}", traceback.format_exc()),))
+        events.put(None)
+        if store is not None:
+            store.set_status("failed")
+            store.close()
+        return
+
+    def forward() -> None:
+        while (cmd := commands.get()) is not None:
+            trainer.submit(cmd)
+
+    threading.Thread(target=forward, name="command-forwarder", daemon=True).start()
+    try:
+        trainer.run()
+    finally:
+        store.close()
+        events.put(None)

@@ -1,0 +1,218 @@
+"""The dashboard: layout, bindings and wiring. Panels live in ``panels/``.
+
+The trainer runs in its own process behind a ``TrainerBridge``. A timer drains
+its events a few times a second, hands them to every panel, and redraws only
+the panels that changed: the screen never redraws per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.widgets import Footer
+
+from lsml_tui.trainer import commands as C
+from lsml_tui.trainer import specs
+from lsml_tui.trainer.config import ConfigError, RunConfig, check_clip, check_lr, resolve
+from lsml_tui.trainer.events import RunFinished, RunStarted
+
+from .bridge import TrainerBridge, prepare_processes
+from .panels import (EventsPanel, FlopsPanel, GradientsPanel, LossPanel, MemoryPanel, StatusLine,
+                     SystemPanel)
+from .screens import ChoiceScreen, HelpScreen, ValueScreen
+
+REDRAW_HZ = 4
+MODEL_FIELDS = ("layers", "width", "heads", "seq_len", "cell", "activation", "residual", "text",
+                "norm", "batch_size")
+
+
+class LsmlApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "lsml-tui"
+    BINDINGS = [
+        Binding("o", "pick_optimizer", "optimizer", tooltip="Switch optimizer at the next step"),
+        Binding("n", "pick_norm", "norm", tooltip="Switch normalization at the next step"),
+        Binding("l", "set_lr", "lr", tooltip="Set the learning rate"),
+        Binding("c", "set_clip", "clip", tooltip="Set the clip threshold, or off"),
+        Binding("space", "toggle_pause", "pause", tooltip="Pause or resume training"),
+        Binding("s", "single_step", "step", tooltip="One step while paused"),
+        Binding("t", "trace", "trace", tooltip="Capture a torch.profiler trace of 5 steps"),
+        Binding("m", "pick_model", "model", tooltip="Restart with another model"),
+        Binding("r", "restart", "restart", show=False, tooltip="Restart the trainer"),
+        Binding("g", "toggle_log", "log y", show=False, tooltip="Loss on a log scale"),
+        Binding("v", "toggle_smooth", "EMA", show=False, tooltip="Smooth the training loss"),
+        Binding("question_mark", "help", "help", key_display="?"),
+        Binding("q", "quit", "quit"),
+    ]
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        prepare_processes()
+        self.cfg = cfg
+        self.bridge: TrainerBridge | None = None
+        self.final: RunFinished | None = None
+        self.run_dir: str | None = None
+        self._crash_reported = False
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(self.cfg)
+        with Container(id="panels"):
+            yield LossPanel()
+            yield GradientsPanel(self.cfg.clip)
+            yield MemoryPanel()
+            yield FlopsPanel()
+            with Vertical(id="side"):
+                yield SystemPanel()
+                yield EventsPanel()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.start_trainer()
+        self.set_interval(1 / REDRAW_HZ, self.tick)
+        self.tick()
+
+    def on_resize(self, event) -> None:
+        self.screen.set_class(event.size.width < 100, "narrow")
+
+    @property
+    def panels(self) -> list:
+        return [self.query_one(StatusLine), *self.query("#panels LossPanel, #panels GradientsPanel,"
+                                                        " #panels MemoryPanel, #panels FlopsPanel,"
+                                                        " #panels SystemPanel, #panels EventsPanel")]
+
+    @property
+    def status(self) -> str:
+        return self.query_one(StatusLine).state["status"]
+
+    def start_trainer(self) -> None:
+        self.final, self._crash_reported = None, False
+        self.bridge = TrainerBridge(self.cfg).start()
+        self.query_one(EventsPanel).say(f"starting the trainer ({self.cfg.model}) …", "dim")
+
+    def tick(self) -> None:
+        """Drain the trainer's events into the panels; redraw what changed."""
+        events = self.bridge.drain() if self.bridge else []
+        panels = self.panels
+        for e in events:
+            if isinstance(e, RunFinished):
+                self.final = e
+            elif isinstance(e, RunStarted):
+                self.run_dir = e.run_dir
+            for panel in panels:
+                panel.add(e)
+        if self.bridge is not None and self.bridge.crashed and not self._crash_reported:
+            self._crash_reported = True
+            self.query_one(EventsPanel).say(
+                f"the trainer process died (exit code {self.bridge.process.exitcode}); "
+                f"what it recorded is in the run store. Press r to restart.", "bold red")
+            self.query_one(StatusLine).state["status"] = "crashed"
+            self.query_one(StatusLine).dirty = True
+        for panel in panels:
+            if panel.dirty:
+                panel.redraw()
+
+    # -- controls ---------------------------------------------------------------
+
+    def send(self, cmd: C.Command) -> None:
+        if self.bridge is None or not self.bridge.process.is_alive() or self.final is not None:
+            self.notify("the trainer is not running; press r to restart", severity="warning")
+            return
+        self.bridge.send(cmd)
+
+    def action_pick_optimizer(self) -> None:
+        current = self.query_one(StatusLine).state["optimizer"]
+        self.push_screen(ChoiceScreen("Optimizer", list(specs.OPTIMIZERS), current),
+                         lambda name: name and self.send(C.SetOptimizer(name)))
+
+    def action_pick_norm(self) -> None:
+        current = self.query_one(StatusLine).state["norm"]
+        self.push_screen(ChoiceScreen(f"Normalization ({self.cfg.model})",
+                                      list(specs.allowed_norms(self.cfg.model)), current),
+                         lambda kind: kind and self.send(C.SetNorm(kind)))
+
+    def _ask(self, title: str, value: str, parse) -> None:
+        def done(text: str | None) -> None:
+            if not text:
+                return
+            try:
+                self.send(parse(text))
+            except (ConfigError, ValueError) as e:
+                self.notify(str(e), severity="error")
+        self.push_screen(ValueScreen(title, value), done)
+
+    def action_set_lr(self) -> None:
+        def parse(text: str) -> C.SetLR:
+            lr = float(text)
+            check_lr(lr)
+            return C.SetLR(lr)
+        self._ask("Learning rate (> 0)", f"{self.query_one(StatusLine).state['lr']:g}", parse)
+
+    def action_set_clip(self) -> None:
+        def parse(text: str) -> C.SetClip:
+            value = None if text.lower() in ("off", "none") else float(text)
+            check_clip(value)
+            return C.SetClip(value)
+        clip = self.query_one(GradientsPanel).clip
+        self._ask("Clip threshold (> 0, or off)", "off" if clip is None else f"{clip:g}", parse)
+
+    def action_toggle_pause(self) -> None:
+        self.send(C.Resume() if self.status == "paused" else C.Pause())
+
+    def action_single_step(self) -> None:
+        self.send(C.SingleStep())
+
+    def action_trace(self) -> None:
+        self.send(C.CaptureTrace(steps=5))
+
+    def action_toggle_log(self) -> None:
+        panel = self.query_one(LossPanel)
+        panel.log_scale = not panel.log_scale
+
+    def action_toggle_smooth(self) -> None:
+        panel = self.query_one(LossPanel)
+        panel.smooth = not panel.smooth
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_pick_model(self) -> None:
+        async def switch(model: str | None) -> None:
+            if not model:
+                return
+            await self.stop_trainer()
+            fresh = {k: v for k, v in self.cfg.to_dict().items() if k not in MODEL_FIELDS}
+            self.cfg = resolve(RunConfig(**{**fresh, "model": model}))
+            await self.recompose()
+            self.start_trainer()
+        self.push_screen(ChoiceScreen("Restart with model", list(specs.MODEL_CONFIGS),
+                                      self.cfg.model), switch)
+
+    async def action_restart(self) -> None:
+        if self.bridge is not None and self.bridge.process.is_alive() and self.final is None:
+            self.notify("the trainer is running; press m to restart with another model")
+            return
+        await self.stop_trainer()
+        await self.recompose()
+        self.start_trainer()
+
+    async def stop_trainer(self) -> None:
+        """Stop the trainer (it records its final status) without blocking the UI."""
+        if self.bridge is not None:
+            last = await asyncio.to_thread(self.bridge.stop)
+            for e in last:
+                if isinstance(e, RunFinished):
+                    self.final = e
+
+    async def action_quit(self) -> None:
+        await self.stop_trainer()
+        self.exit(self.final.status if self.final else None)
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        for b in self.BINDINGS:
+            if b.tooltip:
+                yield SystemCommand(b.description.capitalize(), b.tooltip,
+                                    lambda action=b.action: self.run_action(action))

@@ -1,0 +1,83 @@
+"""The UI side of the trainer process: start it, send commands, receive event batches.
+
+No torch here: the trainer runs in a spawned process, so a crash, a segfault or
+an out-of-memory kill there never takes the UI down.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import time
+from multiprocessing import resource_tracker
+
+from lsml_tui.trainer import commands as C
+from lsml_tui.trainer.config import RunConfig, to_toml
+from lsml_tui.trainer.worker import worker_main
+
+
+def prepare_processes() -> None:
+    """Start multiprocessing's resource tracker now, before Textual takes over stdio
+    (started later, it is handed Textual's stderr stand-in, which has no file descriptor)."""
+    resource_tracker.ensure_running()
+
+
+class TrainerBridge:
+    """One trainer process for one run."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        ctx = mp.get_context("spawn")
+        self._commands = ctx.Queue()
+        self._events = ctx.Queue()
+        self.process = ctx.Process(target=worker_main, name="lsml-tui-trainer", daemon=True,
+                                   args=(cfg.to_dict(), to_toml(cfg), self._commands,
+                                         self._events))
+        self.ended = False      # the trainer said it is done (None on the queue)
+
+    def start(self) -> "TrainerBridge":
+        self.process.start()
+        return self
+
+    def send(self, cmd: C.Command) -> None:
+        if self.process.is_alive():
+            self._commands.put(cmd)
+
+    def drain(self, limit: int = 10_000) -> list:
+        """Every event that has arrived, flattened from its batches, without blocking."""
+        out: list = []
+        for _ in range(limit):
+            try:
+                batch = self._events.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                break
+            if batch is None:
+                self.ended = True
+                break
+            out.extend(batch)
+        return out
+
+    @property
+    def crashed(self) -> bool:
+        """The process died without saying it was done (segfault, OOM kill, SIGKILL)."""
+        return not self.ended and self.process.exitcode not in (None, 0)
+
+    def stop(self, timeout: float = 10.0) -> list:
+        """Ask the trainer to stop and wait (kill it if it does not go); return its last events."""
+        last: list = []
+        if self.process.is_alive():
+            self._commands.put(C.Stop())
+            self._commands.put(None)
+            deadline = time.monotonic() + timeout
+            while not self.ended and self.process.is_alive() and time.monotonic() < deadline:
+                last += self.drain()        # keep the pipe flowing so the child can exit
+                time.sleep(0.02)
+            self.process.join(max(0.0, deadline - time.monotonic()))
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        last += self.drain()
+        for q in (self._commands, self._events):
+            q.cancel_join_thread()
+            q.close()
+        return last

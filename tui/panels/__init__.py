@@ -1,0 +1,13 @@
+"""One widget per panel. Each takes events with ``add`` and draws on ``redraw``
+(called by the app's timer, a few times a second, only when something changed)."""
+
+from .events import EventsPanel
+from .flops import FlopsPanel
+from .gradients import GradientsPanel
+from .loss import LossPanel
+from .memory import MemoryPanel
+from .status import StatusLine
+from .system import SystemPanel
+
+__all__ = ["EventsPanel", "FlopsPanel", "GradientsPanel", "LossPanel", "MemoryPanel",
+           "StatusLine", "SystemPanel"]

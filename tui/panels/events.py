@@ -1,0 +1,63 @@
+"""The events log: switches, clip events (aggregated), warnings and errors, with steps."""
+
+from __future__ import annotations
+
+from textual.widgets import RichLog
+
+from lsml_tui.trainer.events import (ClipEvent, CommandApplied, CommandRefused, Diverged,
+                                     NonFiniteGradients, RunFailed, RunFinished, RunStarted,
+                                     TraceCaptured)
+
+
+SHOWN = (RunStarted, CommandApplied, CommandRefused, NonFiniteGradients, Diverged, RunFailed,
+         TraceCaptured, RunFinished)
+
+
+class EventsPanel(RichLog):
+    def __init__(self, **kw):
+        super().__init__(wrap=True, markup=True, max_lines=1000, **kw)
+        self.border_title = "Events"
+        self._clips: list[int] = []              # clip steps not yet written
+        self.history: list[str] = []             # plain text of every line written
+        self.dirty = False
+
+    def say(self, text: str, style: str = "") -> None:
+        self.history.append(text)
+        self.write(f"[{style}]{text}[/]" if style else text)
+
+    def add(self, e) -> None:
+        if isinstance(e, ClipEvent):
+            self._clips.append(e.step)
+            self.dirty = True
+            return
+        if not isinstance(e, SHOWN):
+            return
+        self._flush_clips()                  # keep the log in step order
+        match e:
+            case RunStarted():
+                self.say(f"run {e.run_id} on {e.device}, {e.params:,} parameters", "bold")
+            case CommandApplied():
+                self.say(f"step {e.step}: {e.detail}", "green")
+            case CommandRefused():
+                self.say(f"step {e.step}: {e.command} refused: {e.reason}", "yellow")
+            case NonFiniteGradients():
+                self.say(f"step {e.step}: {e.message}", "yellow")
+            case Diverged():
+                self.say(f"step {e.step}: diverged: {e.message}", "bold red")
+            case RunFailed():
+                self.say(f"step {e.step}: trainer failed: {e.error}", "bold red")
+            case TraceCaptured():
+                self.say(f"step {e.step}: trace of {e.steps} steps written to {e.path}", "cyan")
+            case RunFinished():
+                self.say(f"step {e.step}: run {e.status}", "bold")
+
+    def _flush_clips(self) -> None:
+        if self._clips:
+            a, b, n = self._clips[0], self._clips[-1], len(self._clips)
+            self.say(f"step {a}: clipped" if n == 1 else f"steps {a}-{b}: clipped {n} times",
+                     "dim")
+            self._clips = []
+
+    def redraw(self) -> None:
+        self._flush_clips()
+        self.dirty = False

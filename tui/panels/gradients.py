@@ -1,0 +1,75 @@
+"""Gradient norms: global before/after clipping with the threshold, clip events,
+and the latest per-layer norms as bars (log10)."""
+
+from __future__ import annotations
+
+import math
+
+from textual.containers import Vertical
+from textual_plotext import PlotextPlot
+
+from lsml_tui.trainer.events import ClipEvent, CommandApplied, LayerStats, StepMetrics
+
+from ..series import Series
+
+
+class GradientsPanel(Vertical):
+    def __init__(self, clip: float | None, **kw):
+        super().__init__(**kw)
+        self.border_title = "Gradient norm"
+        self.before, self.after = Series(), Series()
+        self.clip = clip
+        self.clip_steps: list[int] = []          # recent clip events, for markers
+        self.clip_count = 0
+        self.layer_stats: LayerStats | None = None
+        self.dirty = True
+
+    def compose(self):
+        yield PlotextPlot(id="grad-global")
+        yield PlotextPlot(id="grad-layers")
+
+    def add(self, e) -> None:
+        if isinstance(e, StepMetrics):
+            self.before.append(e.step, e.grad_norm)
+            after = min(e.grad_norm, self.clip) if e.clipped else e.grad_norm
+            self.after.append(e.step, after)
+        elif isinstance(e, ClipEvent):
+            self.clip_count += 1
+            self.clip_steps = (self.clip_steps + [e.step])[-200:]
+        elif isinstance(e, LayerStats):
+            self.layer_stats = e
+        elif isinstance(e, CommandApplied) and "clip" in e.changes:
+            self.clip = e.changes["clip"]
+        else:
+            return
+        self.dirty = True
+
+    def redraw(self) -> None:
+        top = self.query_one("#grad-global", PlotextPlot).plt
+        top.clear_data()
+        top.clear_figure()
+        if self.before.count:
+            top.plot(*self.before.points(), label="before clip", marker="braille")
+            top.plot(*self.after.points(), label="after", marker="braille")
+            if self.clip is not None:
+                top.hline(self.clip, "red")
+            clip = "off" if self.clip is None else f"{self.clip:g}"
+            top.title(f"norm {self.before.last:.3g}  clip {clip}  clipped {self.clip_count}x")
+        else:
+            top.title("waiting for steps…")
+        bars = self.query_one("#grad-layers", PlotextPlot).plt
+        bars.clear_data()
+        bars.clear_figure()
+        if self.layer_stats is not None:
+            names = [n.removesuffix(".weight") for n in self.layer_stats.names if n.endswith("weight")]
+            norms = [g for n, g in zip(self.layer_stats.names, self.layer_stats.grad_norms)
+                     if n.endswith("weight")]
+            logs = [math.log10(g) if g and g > 0 and math.isfinite(g) else -12 for g in norms]
+            bars.bar(list(range(len(names))), logs, orientation="vertical", width=0.6)
+            bars.title(f"per-layer log10 |grad|, step {self.layer_stats.step}")
+            bars.xticks(list(range(len(names))), [n.split(".")[-1][:6] for n in names])
+        else:
+            bars.title("per-layer norms after the first sample")
+        for plot in self.query(PlotextPlot):
+            plot.refresh()
+        self.dirty = False

@@ -1,0 +1,65 @@
+"""Loss against step: train (raw or EMA-smoothed) and validation, log-scale toggle,
+and a marker at every step where optimizer, norm, learning rate or clipping changed."""
+
+from __future__ import annotations
+
+from textual.reactive import reactive
+from textual_plotext import PlotextPlot
+
+from lsml_tui.trainer.events import CommandApplied, StepMetrics, ValMetrics
+
+from ..series import EMA, Series
+
+SWITCHES = ("optimizer", "norm", "lr", "clip")
+
+
+class LossPanel(PlotextPlot):
+    log_scale: reactive[bool] = reactive(False)
+    smooth: reactive[bool] = reactive(True)
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.border_title = "Loss"
+        self.train, self.train_ema, self.val = Series(), Series(), Series()
+        self._ema = EMA()
+        self.markers: list[tuple[int, str]] = []   # (step, what changed)
+        self.dirty = True
+
+    def add(self, e) -> None:
+        if isinstance(e, StepMetrics):
+            self.train.append(e.step, e.loss)
+            self.train_ema.append(e.step, self._ema.update(e.loss))
+        elif isinstance(e, ValMetrics):
+            self.val.append(e.step, e.val_loss)
+        elif isinstance(e, CommandApplied) and e.command.split()[0] in SWITCHES:
+            self.markers.append((e.step, e.command))
+        else:
+            return
+        self.dirty = True
+
+    def watch_log_scale(self) -> None:
+        self.dirty = True
+
+    def watch_smooth(self) -> None:
+        self.dirty = True
+
+    def redraw(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        train = self.train_ema if self.smooth else self.train
+        if train.count == 0:
+            plt.title("starting trainer…")
+            self.refresh()
+            return
+        plt.plot(*train.points(), label="train (EMA)" if self.smooth else "train",
+                 marker="braille")
+        if self.val.count:
+            plt.plot(*self.val.points(), label="val", marker="braille")
+        for step, _ in self.markers:
+            plt.vline(step, "orange")
+        plt.yscale("log" if self.log_scale else "linear")
+        last = [f"train {self.train.last:.4f}"] + ([f"val {self.val.last:.4f}"] if self.val.count else [])
+        plt.title("  ".join(last) + ("  [log]" if self.log_scale else ""))
+        self.dirty = False
+        self.refresh()

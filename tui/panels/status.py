@@ -1,0 +1,47 @@
+"""The status line: model, optimizer, norm, LR, step, steps/s, device, run id."""
+
+from __future__ import annotations
+
+from textual.widgets import Static
+
+from lsml_tui.trainer.events import CommandApplied, RunFinished, RunStarted, StepMetrics
+
+
+class StatusLine(Static):
+    def __init__(self, cfg, **kw):
+        super().__init__(**kw)
+        self.state = {"model": cfg.model, "optimizer": cfg.optimizer, "norm": cfg.norm,
+                      "lr": cfg.lr, "step": 0, "rate": 0.0, "device": "…", "run": "starting",
+                      "status": "starting trainer"}
+        self._window: list[tuple[int, float]] = []
+        self.dirty = True
+
+    def add(self, e) -> None:
+        s = self.state
+        if isinstance(e, StepMetrics):
+            s["step"], s["lr"] = e.step + 1, e.lr
+            self._window = (self._window + [(e.step, e.time)])[-50:]
+            (a, ta), (b, tb) = self._window[0], self._window[-1]
+            s["rate"] = (b - a) / (tb - ta) if tb > ta else s["rate"]
+            if s["status"] == "starting trainer":
+                s["status"] = "training"
+        elif isinstance(e, RunStarted):
+            s["device"], s["run"] = e.device, e.run_id
+        elif isinstance(e, CommandApplied):
+            for key in ("optimizer", "norm"):
+                if key in e.changes:
+                    s[key] = e.changes[key]
+            if "paused" in e.changes:
+                s["status"] = "paused" if e.changes["paused"] else "training"
+        elif isinstance(e, RunFinished):
+            s["status"] = e.status
+        else:
+            return
+        self.dirty = True
+
+    def redraw(self) -> None:
+        s = self.state
+        self.update(f"[b]{s['model']}[/]  {s['optimizer']}  norm {s['norm']}  lr {s['lr']:.3g}  "
+                    f"step {s['step']:,}  {s['rate']:.1f} steps/s  {s['device']}  "
+                    f"[b]{s['status']}[/]  {s['run']}")
+        self.dirty = False
