@@ -56,6 +56,7 @@ class LsmlApp(App):
         self.final: RunFinished | None = None
         self.run_dir: str | None = None
         self._crash_reported = False
+        self._swapping = False      # panels are being rebuilt: the timer waits
 
     def compose(self) -> ComposeResult:
         yield StatusLine(self.cfg)
@@ -94,6 +95,8 @@ class LsmlApp(App):
 
     def tick(self) -> None:
         """Drain the trainer's events into the panels; redraw what changed."""
+        if self._swapping:
+            return
         events = self.bridge.drain() if self.bridge else []
         panels = self.panels
         for e in events:
@@ -182,11 +185,8 @@ class LsmlApp(App):
         async def switch(model: str | None) -> None:
             if not model:
                 return
-            await self.stop_trainer()
             fresh = {k: v for k, v in self.cfg.to_dict().items() if k not in MODEL_FIELDS}
-            self.cfg = resolve(RunConfig(**{**fresh, "model": model}))
-            await self.recompose()
-            self.start_trainer()
+            await self.fresh_run(resolve(RunConfig(**{**fresh, "model": model})))
         self.push_screen(ChoiceScreen("Restart with model", list(specs.MODEL_CONFIGS),
                                       self.cfg.model), switch)
 
@@ -194,9 +194,18 @@ class LsmlApp(App):
         if self.bridge is not None and self.bridge.process.is_alive() and self.final is None:
             self.notify("the trainer is running; press m to restart with another model")
             return
-        await self.stop_trainer()
-        await self.recompose()
-        self.start_trainer()
+        await self.fresh_run(self.cfg)
+
+    async def fresh_run(self, cfg: RunConfig) -> None:
+        """Stop the trainer, rebuild the panels empty, start a new run of `cfg`."""
+        self._swapping = True
+        try:
+            await self.stop_trainer()
+            self.cfg = cfg
+            await self.recompose()
+            self.start_trainer()
+        finally:
+            self._swapping = False
 
     async def stop_trainer(self) -> None:
         """Stop the trainer (it records its final status) without blocking the UI."""

@@ -1,0 +1,192 @@
+"""The dashboard driven through Pilot, with the real trainer process and run store."""
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from textual.css.query import NoMatches
+
+from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.store import open_run
+from lsml_tui.tui.app import LsmlApp
+from lsml_tui.tui.panels import EventsPanel, FlopsPanel, LossPanel, MemoryPanel, StatusLine
+from lsml_tui.tui.screens import ChoiceScreen, HelpScreen, ValueScreen
+
+
+def config(tmp_path, **changes):
+    base = dict(model="mlp", layers=1, width=16, steps=10**6, sample_every=20,
+                runs_dir=str(tmp_path / "runs"))
+    return resolve(RunConfig(**{**base, **changes}))
+
+
+def scenario(cfg, body, size=(140, 42)):
+    """Run `body(app, pilot)` against a live dashboard; always stop the trainer."""
+    async def main():
+        app = LsmlApp(cfg)
+        async with app.run_test(size=size) as pilot:
+            try:
+                await body(app, pilot)
+            finally:
+                await app.stop_trainer()
+        return app
+    return asyncio.run(main())
+
+
+async def until(pilot, predicate, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not holds(predicate):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await pilot.pause(0.1)
+
+
+def holds(predicate) -> bool:
+    try:
+        return predicate()
+    except NoMatches:          # panels are being rebuilt for a new run
+        return False
+
+
+def status(app):
+    return app.query_one(StatusLine).state
+
+
+def applied(app, command):
+    with open_run(app.run_dir) as r:
+        return [e for e in r.events("CommandApplied") if e["command"] == command]
+
+
+async def pick(pilot, app, key, choice):
+    await pilot.press(key)
+    await until(pilot, lambda: isinstance(app.screen, ChoiceScreen), what="the picker")
+    screen = app.screen
+    index = screen.choices.index(choice)
+    from textual.widgets import OptionList
+    options = screen.query_one(OptionList)
+    steps = index - (options.highlighted or 0)
+    await pilot.press(*(["down"] * steps if steps > 0 else ["up"] * -steps), "enter")
+
+
+async def type_value(pilot, app, key, text):
+    await pilot.press(key)
+    await until(pilot, lambda: isinstance(app.screen, ValueScreen), what="the value box")
+    await pilot.press(*list(text), "enter")   # the current value is selected: typing replaces it
+
+
+def test_panels_fill_from_the_live_trainer(tmp_path):
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["step"] > 60, what="60 steps")
+        await until(pilot, lambda: app.query_one(MemoryPanel).latest is not None, what="a sample")
+        await pilot.pause(0.5)
+        assert app.query_one(LossPanel).train.count > 60
+        flops = app.query_one(FlopsPanel).table
+        # 2 * B * (32*16 + 16*10) forward FLOPs for the 1-layer MLP at batch 128
+        assert flops is not None and flops.forward == 2 * 128 * (32 * 16 + 16 * 10)
+        assert status(app)["device"] == "cpu" and status(app)["status"] == "training"
+        assert any(line.startswith("run ") for line in app.query_one(EventsPanel).history)
+    scenario(config(tmp_path), body)
+
+
+def test_every_live_control_reaches_the_trainer_store_and_loss_markers(tmp_path):
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["step"] > 20, what="steps")
+        await pick(pilot, app, "o", "adamw")
+        await until(pilot, lambda: status(app)["optimizer"] == "adamw", what="adamw")
+        await pick(pilot, app, "n", "layer")
+        await until(pilot, lambda: status(app)["norm"] == "layer", what="layer norm")
+        await type_value(pilot, app, "l", "0.0123")
+        await until(pilot, lambda: any("lr 0.0123" in m for _, m in app.query_one(LossPanel).markers),
+                    what="the lr marker")
+        await type_value(pilot, app, "c", "off")
+        await until(pilot, lambda: any(m == "clip off" for _, m in app.query_one(LossPanel).markers),
+                    what="the clip marker")
+        markers = dict((m, s) for s, m in app.query_one(LossPanel).markers)
+        for command in ("optimizer adamw", "norm layer", "lr 0.0123", "clip off"):
+            stored, = applied(app, command)
+            assert stored["step"] == markers[command]      # the marker sits where it applied
+    scenario(config(tmp_path), body)
+
+
+def test_pause_single_step_resume(tmp_path):
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["step"] > 10, what="steps")
+        await pilot.press("space")
+        await until(pilot, lambda: status(app)["status"] == "paused", what="paused")
+        paused_at = status(app)["step"]
+        await pilot.pause(0.5)
+        assert status(app)["step"] == paused_at
+        await pilot.press("s")
+        await until(pilot, lambda: status(app)["step"] == paused_at + 1, what="one step")
+        await pilot.pause(0.5)
+        assert status(app)["step"] == paused_at + 1
+        await pilot.press("space")
+        await until(pilot, lambda: status(app)["step"] > paused_at + 10, what="resumed steps")
+        assert [e["step"] for e in applied(app, "pause")] == [paused_at]
+    scenario(config(tmp_path), body)
+
+
+def test_trace_key_writes_a_trace_into_the_run_dir(tmp_path):
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["step"] > 5, what="steps")
+        await pilot.press("t")
+        log = app.query_one(EventsPanel)
+        await until(pilot, lambda: any("trace of 5 steps" in line for line in log.history),
+                    what="the trace")
+        traces = list(Path(app.run_dir).glob("trace-step*.json"))
+        assert len(traces) == 1 and traces[0].stat().st_size > 0
+    scenario(config(tmp_path), body)
+
+
+def test_help_screen_and_quit_records_the_final_status(tmp_path):
+    async def body(app, pilot):
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen), what="help closed")
+        await until(pilot, lambda: status(app)["step"] > 5, what="steps")
+        await pilot.press("q")
+    app = scenario(config(tmp_path), body)
+    assert app.final is not None and app.final.status == "interrupted"
+    assert not app.bridge.process.is_alive()
+    with open_run(app.run_dir) as r:
+        assert r.info().status == "interrupted"
+
+
+def test_a_killed_trainer_is_reported_and_r_restarts_it(tmp_path):
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["step"] > 5, what="steps")
+        first = app.run_dir
+        os.kill(app.bridge.process.pid, signal.SIGKILL)
+        await until(pilot, lambda: status(app)["status"] == "crashed", what="the crash")
+        assert any("died" in line for line in app.query_one(EventsPanel).history)
+        with open_run(first) as r:
+            assert r.info().status == "killed" and r.info().steps > 5   # nothing recorded lost
+        await pilot.press("r")
+        await until(pilot, lambda: app.run_dir != first and status(app)["step"] > 5,
+                    what="the restarted run")
+    scenario(config(tmp_path), body)
+
+
+def test_m_restarts_with_another_model(tmp_path):
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["step"] > 5, what="steps")
+        await pick(pilot, app, "m", "rnn")
+        await until(pilot, lambda: status(app)["model"] == "rnn" and status(app)["step"] > 3,
+                    what="the rnn run")
+        assert app.cfg.model == "rnn" and app.cfg.cell == "gru"     # the rnn's own defaults
+    scenario(config(tmp_path), body)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (220, 60)])
+def test_layout_holds_from_80x24_to_large(tmp_path, size):
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["step"] > 20, what="steps")
+        await pilot.resize_terminal(*size)
+        await pilot.pause(0.6)
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause(0.6)
+        assert status(app)["status"] == "training"
+    scenario(config(tmp_path), body)
