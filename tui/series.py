@@ -57,17 +57,45 @@ class Series:
         self._buckets = merged
         self._width *= 2
 
-    def points(self) -> tuple[list[float], list[float]]:
-        """x and y to draw: two points per bucket (its extremes), then the exact tail."""
+    def points(self, columns: int | None = None) -> tuple[list[float], list[float]]:
+        """x and y to draw: two points per bucket (its extremes), then the exact tail.
+
+        With `columns`, at most two points (min and max) per column: a plot
+        cannot show more, and drawing fewer points is what keeps redraws cheap.
+        """
         xs: list[float] = []
         ys: list[float] = []
         for x0, x1, a, b in self._buckets:
             xs += [x0, x1]
             ys += [a, b]
-        return xs + self._x, ys + self._y
+        xs, ys = xs + self._x, ys + self._y
+        if columns is None or len(xs) <= 2 * columns:
+            return xs, ys
+        return _per_column(xs, ys, columns)
 
     def __len__(self) -> int:
         return len(self._x) + 2 * len(self._buckets)
+
+
+def _per_column(xs: list[float], ys: list[float], columns: int) -> tuple[list[float], list[float]]:
+    """Min and max of y in each of `columns` equal slices of the x range, in time order."""
+    lo_x, span = xs[0], (xs[-1] - xs[0]) or 1.0
+    out_x: list[float] = []
+    out_y: list[float] = []
+    start = 0
+    for c in range(columns):
+        edge = lo_x + span * (c + 1) / columns
+        end = start
+        while end < len(xs) and (xs[end] <= edge or c == columns - 1):
+            end += 1
+        if end > start:
+            seg = ys[start:end]
+            i, j = seg.index(min(seg)), seg.index(max(seg))
+            for k in sorted({i, j}):
+                out_x.append(xs[start + k])
+                out_y.append(seg[k])
+        start = end
+    return out_x, out_y
 
 
 class EMA:

@@ -45,12 +45,13 @@ class GradientsPanel(Vertical):
         self.dirty = True
 
     def redraw(self) -> None:
+        columns = 2 * max(10, self.size.width)
         top = self.query_one("#grad-global", PlotextPlot).plt
         top.clear_data()
         top.clear_figure()
         if self.before.count:
-            top.plot(*self.before.points(), label="before clip", marker="braille")
-            top.plot(*self.after.points(), label="after", marker="braille")
+            top.plot(*self.before.points(columns), label="before clip", marker="braille")
+            top.plot(*self.after.points(columns), label="after", marker="braille")
             if self.clip is not None:
                 top.hline(self.clip, "red")
             clip = "off" if self.clip is None else f"{self.clip:g}"

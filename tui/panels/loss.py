@@ -37,6 +37,10 @@ class LossPanel(PlotextPlot):
             return
         self.dirty = True
 
+    @property
+    def columns(self) -> int:
+        return 2 * max(10, self.size.width)      # braille: two dots per character cell
+
     def watch_log_scale(self) -> None:
         self.dirty = True
 
@@ -52,10 +56,10 @@ class LossPanel(PlotextPlot):
             plt.title("starting trainer…")
             self.refresh()
             return
-        plt.plot(*train.points(), label="train (EMA)" if self.smooth else "train",
+        plt.plot(*train.points(self.columns), label="train (EMA)" if self.smooth else "train",
                  marker="braille")
         if self.val.count:
-            plt.plot(*self.val.points(), label="val", marker="braille")
+            plt.plot(*self.val.points(self.columns), label="val", marker="braille")
         for step, _ in self.markers:
             plt.vline(step, "orange")
         plt.yscale("log" if self.log_scale else "linear")

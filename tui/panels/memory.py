@@ -50,12 +50,13 @@ class MemoryPanel(Vertical):
             bars.title(f"saved for backward: {nbytes(sum(self.saved.values()))} (MiB per module)")
         else:
             bars.title("saved activations after the first sample")
+        columns = 2 * max(10, self.size.width)
         lines = self.query_one("#mem-breakdown", PlotextPlot).plt
         lines.clear_data()
         lines.clear_figure()
         if self.latest is not None:
             for part in PARTS:
-                lines.plot(*self.breakdown[part].points(), label=LABELS[part], marker="braille")
+                lines.plot(*self.breakdown[part].points(columns), label=LABELS[part], marker="braille")
             total = sum(getattr(self.latest, p) for p in PARTS)
             peak = self.latest.cuda_peak_bytes
             lines.title(f"total {nbytes(total)} (MiB)" + (f"  CUDA peak {nbytes(peak)}" if peak else ""))
