@@ -48,10 +48,11 @@ class LsmlApp(App):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, bridge_factory=TrainerBridge):
         super().__init__()
         prepare_processes()
         self.cfg = cfg
+        self.bridge_factory = bridge_factory   # tests and benchmarks feed synthetic events
         self.bridge: TrainerBridge | None = None
         self.final: RunFinished | None = None
         self.run_dir: str | None = None
@@ -90,7 +91,7 @@ class LsmlApp(App):
 
     def start_trainer(self) -> None:
         self.final, self._crash_reported = None, False
-        self.bridge = TrainerBridge(self.cfg).start()
+        self.bridge = self.bridge_factory(self.cfg).start()
         self.query_one(EventsPanel).say(f"starting the trainer ({self.cfg.model}) …", "dim")
 
     def tick(self) -> None:

@@ -1,0 +1,175 @@
+"""What the dashboard costs: first frame, training speed, and memory on long runs.
+
+1. Time to first frame: ``lsml-tui`` started in a real terminal (tmux) until
+   its status line is on screen (the trainer is still importing torch then).
+2. Training speed with the dashboard attached against headless: the same run
+   (``--steps N``) alternately headless and in the dashboard in tmux; each
+   run's steps/s comes from its own run store. Goal: ratio >= 0.95.
+3. UI memory while streaming a synthetic million-step run through every panel
+   (no trainer): traced Python memory after 100k steps and after 1M. Goal: flat.
+
+    python benchmarks/ui.py [--model transformer] [--steps 300] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.events import (LayerStats, MemorySample, RunStarted, StepMetrics,
+                                     SystemSample)
+from lsml_tui.trainer.store import list_runs
+from lsml_tui.tui.app import LsmlApp
+
+TMUX = shutil.which("tmux")
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run([TMUX, *args], capture_output=True, text=True).stdout
+
+
+def first_frame_seconds(runs_dir: str) -> float:
+    session = "lsml-bench-first"
+    tmux("kill-session", "-t", session)
+    t0 = time.perf_counter()
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+         f"{sys.executable} -m lsml_tui.tui.cli --model mlp --runs-dir {runs_dir}")
+    try:
+        while "norm" not in tmux("capture-pane", "-p", "-t", session):
+            if time.perf_counter() - t0 > 60:
+                raise RuntimeError("no frame within 60 s")
+            time.sleep(0.01)
+        return time.perf_counter() - t0
+    finally:
+        tmux("send-keys", "-t", session, "q")
+        time.sleep(2)
+        tmux("kill-session", "-t", session)
+
+
+def headless_rate(args: list[str], runs_dir: str) -> float:
+    subprocess.run([sys.executable, "-m", "lsml_tui.tui.cli", "--headless", "--no-progress",
+                    *args, "--runs-dir", runs_dir], check=True, capture_output=True)
+    return list_runs(runs_dir)[-1].summary["steps_per_second"]
+
+
+def dashboard_rate(args: list[str], runs_dir: str) -> float:
+    session = "lsml-bench-rate"
+    tmux("kill-session", "-t", session)
+    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "48",
+         f"{sys.executable} -m lsml_tui.tui.cli {' '.join(args)} --runs-dir {runs_dir}")
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            runs = list_runs(runs_dir) if Path(runs_dir).exists() else []
+            if runs and runs[-1].status == "finished":
+                return runs[-1].summary["steps_per_second"]
+            time.sleep(0.5)
+        raise RuntimeError("the dashboard run did not finish")
+    finally:
+        tmux("send-keys", "-t", session, "q")
+        time.sleep(2)
+        tmux("kill-session", "-t", session)
+
+
+class _Process:
+    pid, exitcode = 0, None
+
+    def is_alive(self) -> bool:
+        return True
+
+
+class SyntheticBridge:
+    """Stands in for the trainer: `per_tick` steps of events on every drain."""
+
+    per_tick = 20_000
+
+    def __init__(self, cfg):
+        self.cfg, self.process, self.step = cfg, _Process(), 0
+        self.ended, self.crashed = False, False
+
+    def start(self):
+        return self
+
+    def send(self, cmd) -> None:
+        pass
+
+    def stop(self, timeout: float = 0) -> list:
+        return []
+
+    def drain(self) -> list:
+        if self.step == 0:
+            out = [RunStarted(0, "synthetic", "", {}, 0, "cpu")]
+        else:
+            out = []
+        for s in range(self.step, self.step + self.per_tick):
+            out.append(StepMetrics(s, 2.0 / (1 + s / 1e4), 1e-3, 1.0 + (s % 97) / 97,
+                                   s % 3 == 0, 1e4, s * 1e-4))
+        s = self.step + self.per_tick - 1
+        names = [f"blocks.{i}.weight" for i in range(8)]
+        out += [LayerStats(s, names, [0.1] * 8, [1e-3] * 8, {n: 1024 for n in names}),
+                MemorySample(s, 1000, 1000, 2000, 8192, None),
+                SystemSample(s, {"cpu_percent": 50.0, "rss_bytes": 1e8, "gpus": []})]
+        self.step += self.per_tick
+        return out
+
+
+def streaming_memory(total: int = 1_000_000) -> dict[str, float]:
+    cfg = resolve(RunConfig(model="mlp", runs_dir=tempfile.mkdtemp()))
+    marks: dict[str, float] = {}
+
+    async def main() -> None:
+        app = LsmlApp(cfg, bridge_factory=SyntheticBridge)
+        async with app.run_test(size=(160, 48)) as pilot:
+            tracemalloc.start()
+            for mark in (100_000, total):
+                while app.bridge.step < mark:   # the app's timer drains too; both count
+                    t0 = time.perf_counter()
+                    app.tick()
+                    tick = time.perf_counter() - t0
+                    await pilot.pause()
+                marks[f"memory_at_{mark}"] = tracemalloc.get_traced_memory()[0]
+                marks[f"tick_seconds_at_{mark}"] = tick
+            tracemalloc.stop()
+    asyncio.run(main())
+    return marks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="transformer")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if TMUX:
+            frames = [first_frame_seconds(f"{tmp}/first") for _ in range(3)]
+            print(f"time to first frame: median {statistics.median(frames):.2f} s of {frames}")
+            run = ["--model", args.model, "--steps", str(args.steps)]
+            headless, dashboard = [], []
+            for i in range(args.repeats):
+                headless.append(headless_rate(run, f"{tmp}/h{i}"))
+                dashboard.append(dashboard_rate(run, f"{tmp}/d{i}"))
+            h, d = statistics.median(headless), statistics.median(dashboard)
+            print(f"{args.model} x {args.steps} steps: headless {h:.1f} steps/s, "
+                  f"dashboard {d:.1f} steps/s, ratio {d / h:.3f} (medians of {args.repeats})")
+        else:
+            print("tmux not found: skipping first frame and training speed")
+    m = streaming_memory()
+    grow = m["memory_at_1000000"] / m["memory_at_100000"]
+    print(f"UI memory streaming 1M synthetic steps: {m['memory_at_100000'] / 2**20:.1f} MiB at "
+          f"100k, {m['memory_at_1000000'] / 2**20:.1f} MiB at 1M (x{grow:.2f}); one redraw "
+          f"{m['tick_seconds_at_100000'] * 1e3:.0f} ms at 100k, "
+          f"{m['tick_seconds_at_1000000'] * 1e3:.0f} ms at 1M")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""End to end in a real terminal: lsml-tui in tmux, driven by keys, checked in the run store."""
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lsml_tui.trainer.store import list_runs
+
+TMUX = shutil.which("tmux")
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run([TMUX, *args], capture_output=True, text=True).stdout
+
+
+def screen(session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session)
+
+
+def wait_for(session: str, predicate, what: str, timeout: float = 90.0) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = screen(session)
+        if predicate(text):
+            return text
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}; the screen was:\n{screen(session)}")
+
+
+def step_on(text: str) -> int:
+    m = re.search(r"step ([\d,]+) ", text.splitlines()[0] if text else "")
+    return int(m.group(1).replace(",", "")) if m else -1
+
+
+def test_train_pause_switch_optimizer_quit_in_tmux(tmp_path):
+    session = f"lsml-e2e-{tmp_path.name}"[:40]
+    runs = tmp_path / "runs"
+    done = tmp_path / "exited"
+    cmd = (f"{sys.executable} -m lsml_tui.tui.cli --model mlp --layers 1 --width 16 "
+           f"--steps 1000000 --runs-dir {runs}; touch {done}")
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", cmd)
+    try:
+        wait_for(session, lambda t: step_on(t) > 50, "steps to advance")
+        tmux("send-keys", "-t", session, "Space")
+        text = wait_for(session, lambda t: "paused" in t.splitlines()[0], "paused")
+        paused_at = step_on(text)
+        time.sleep(1.0)
+        assert step_on(screen(session)) == paused_at            # nothing trains while paused
+        tmux("send-keys", "-t", session, "o")
+        wait_for(session, lambda t: "adamw" in t and "(now)" in t, "the optimizer picker")
+        tmux("send-keys", "-t", session, "Down", "Enter")        # adam (now) -> adamw
+        wait_for(session, lambda t: "adamw" in t.splitlines()[0], "adamw in the status line")
+        tmux("send-keys", "-t", session, "Space")
+        wait_for(session, lambda t: step_on(t) > paused_at + 20, "training to resume")
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.time() + 60
+        while not done.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert done.exists(), "lsml-tui did not exit"
+    finally:
+        tmux("kill-session", "-t", session)
+    run, = list_runs(runs)
+    assert run.status == "interrupted" and run.steps > paused_at + 20
+    from lsml_tui.trainer.store import open_run
+    with open_run(run.run_dir) as r:
+        applied = [(e["command"], e["step"]) for e in r.events("CommandApplied")]
+    assert applied[0] == ("pause", paused_at)
+    assert applied[1] == ("optimizer adamw", paused_at)          # applied while paused
+    assert [c for c, _ in applied[2:]] == ["resume", "stop"]
