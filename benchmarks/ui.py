@@ -122,7 +122,10 @@ class SyntheticBridge:
         return out
 
 
-def streaming_memory(total: int = 1_000_000) -> dict[str, float]:
+MARKS = (100_000, 250_000, 500_000, 750_000, 1_000_000)
+
+
+def streaming_memory() -> dict[str, float]:
     cfg = resolve(RunConfig(model="mlp", runs_dir=tempfile.mkdtemp()))
     marks: dict[str, float] = {}
 
@@ -130,7 +133,7 @@ def streaming_memory(total: int = 1_000_000) -> dict[str, float]:
         app = LsmlApp(cfg, bridge_factory=SyntheticBridge)
         async with app.run_test(size=(160, 48)) as pilot:
             tracemalloc.start()
-            for mark in (100_000, total):
+            for mark in MARKS:
                 while app.bridge.step < mark:   # the app's timer drains too; both count
                     t0 = time.perf_counter()
                     app.tick()
@@ -164,9 +167,11 @@ def main() -> None:
         else:
             print("tmux not found: skipping first frame and training speed")
     m = streaming_memory()
+    mems = "  ".join(f"{k // 1000}k: {m[f'memory_at_{k}'] / 2**20:.2f} MiB" for k in MARKS)
     grow = m["memory_at_1000000"] / m["memory_at_100000"]
-    print(f"UI memory streaming 1M synthetic steps: {m['memory_at_100000'] / 2**20:.1f} MiB at "
-          f"100k, {m['memory_at_1000000'] / 2**20:.1f} MiB at 1M (x{grow:.2f}); one redraw "
+    print(f"UI memory streaming 1M synthetic steps (traced Python heap): {mems}; "
+          f"1M / 100k = {grow:.2f}")
+    print(f"one tick (20,000 new steps into every panel, then redraw): "
           f"{m['tick_seconds_at_100000'] * 1e3:.0f} ms at 100k, "
           f"{m['tick_seconds_at_1000000'] * 1e3:.0f} ms at 1M")
 

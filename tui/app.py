@@ -24,7 +24,7 @@ from .panels import (EventsPanel, FlopsPanel, GradientsPanel, LossPanel, MemoryP
                      SystemPanel)
 from .screens import ChoiceScreen, HelpScreen, ValueScreen
 
-REDRAW_HZ = 4
+REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
 MODEL_FIELDS = ("layers", "width", "heads", "seq_len", "cell", "activation", "residual", "text",
                 "norm", "batch_size")
 

@@ -29,8 +29,8 @@ class Series:
         self._y.append(y)
         self.count += 1
         self.last = y
-        if len(self._x) >= 2 * self.recent:
-            self._fold(len(self._x) - self.recent)
+        if len(self._x) >= self.recent + max(256, self._width):   # fold a little at a time,
+            self._fold(len(self._x) - self.recent)                # so memory stays level
 
     def _fold(self, n: int) -> None:
         """Move the oldest `n` exact points into buckets."""

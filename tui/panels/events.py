@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from textual.widgets import RichLog
 
 from lsml_tui.trainer.events import (ClipEvent, CommandApplied, CommandRefused, Diverged,
@@ -18,7 +20,7 @@ class EventsPanel(RichLog):
         super().__init__(wrap=True, markup=True, max_lines=1000, **kw)
         self.border_title = "Events"
         self._clips: list[int] = []              # clip steps not yet written
-        self.history: list[str] = []             # plain text of every line written
+        self.history: deque[str] = deque(maxlen=1000)   # plain text of the lines shown
         self.dirty = False
 
     def say(self, text: str, style: str = "") -> None:

@@ -23,6 +23,7 @@ class GradientsPanel(Vertical):
         self.clip_count = 0
         self.layer_stats: LayerStats | None = None
         self.dirty = True
+        self._bars_dirty = True
 
     def compose(self):
         yield PlotextPlot(id="grad-global")
@@ -38,6 +39,7 @@ class GradientsPanel(Vertical):
             self.clip_steps = (self.clip_steps + [e.step])[-200:]
         elif isinstance(e, LayerStats):
             self.layer_stats = e
+            self._bars_dirty = True
         elif isinstance(e, CommandApplied) and "clip" in e.changes:
             self.clip = e.changes["clip"]
         else:
@@ -58,7 +60,15 @@ class GradientsPanel(Vertical):
             top.title(f"norm {self.before.last:.3g}  clip {clip}  clipped {self.clip_count}x")
         else:
             top.title("waiting for steps…")
-        bars = self.query_one("#grad-layers", PlotextPlot).plt
+        self.query_one("#grad-global", PlotextPlot).refresh()
+        self.dirty = False
+        if self._bars_dirty:          # the bars change only with a new sample
+            self._bars_dirty = False
+            self._redraw_bars()
+
+    def _redraw_bars(self) -> None:
+        plot = self.query_one("#grad-layers", PlotextPlot)
+        bars = plot.plt
         bars.clear_data()
         bars.clear_figure()
         if self.layer_stats is not None:
@@ -71,6 +81,4 @@ class GradientsPanel(Vertical):
             bars.xticks(list(range(len(names))), [n.split(".")[-1][:6] for n in names])
         else:
             bars.title("per-layer norms after the first sample")
-        for plot in self.query(PlotextPlot):
-            plot.refresh()
-        self.dirty = False
+        plot.refresh()
