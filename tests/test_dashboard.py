@@ -170,6 +170,22 @@ def test_a_killed_trainer_is_reported_and_r_restarts_it(tmp_path):
     scenario(config(tmp_path), body)
 
 
+def test_a_trainer_exception_shows_its_traceback_and_the_ui_lives_on(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("def f(x):\n    return x + 1\n" * 100)
+    cfg = config(tmp_path, model="transformer", layers=1, width=16, heads=2, seq_len=8, text=str(text))
+    text.unlink()                     # valid when checked, gone when the trainer reads it
+
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["status"] == "failed", what="the failure")
+        history = list(app.query_one(EventsPanel).history)
+        assert any("trainer failed: FileNotFoundError" in line for line in history)
+        assert any(line.strip().startswith("File ") for line in history)   # the traceback
+        await pilot.press("question_mark")                                  # still responsive
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+    scenario(cfg, body)
+
+
 def test_m_restarts_with_another_model(tmp_path):
     async def body(app, pilot):
         await until(pilot, lambda: status(app)["step"] > 5, what="steps")

@@ -48,6 +48,9 @@ class EventsPanel(RichLog):
                 self.say(f"step {e.step}: diverged: {e.message}", "bold red")
             case RunFailed():
                 self.say(f"step {e.step}: trainer failed: {e.error}", "bold red")
+                for line in e.traceback.rstrip().splitlines()[-12:]:
+                    self.say(line, "red")
+                self.say("press r to start a new run", "bold")
             case TraceCaptured():
                 self.say(f"step {e.step}: trace of {e.steps} steps written to {e.path}", "cyan")
             case RunFinished():

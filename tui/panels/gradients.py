@@ -19,7 +19,7 @@ class GradientsPanel(Vertical):
         self.border_title = "Gradient norm"
         self.before, self.after = Series(), Series()
         self.clip = clip
-        self.clip_steps: list[int] = []          # recent clip events, for markers
+        self.clip_marks: list[tuple[int, float]] = []   # recent (step, norm) clip events
         self.clip_count = 0
         self.layer_stats: LayerStats | None = None
         self.dirty = True
@@ -36,7 +36,7 @@ class GradientsPanel(Vertical):
             self.after.append(e.step, after)
         elif isinstance(e, ClipEvent):
             self.clip_count += 1
-            self.clip_steps = (self.clip_steps + [e.step])[-200:]
+            self.clip_marks = (self.clip_marks + [(e.step, e.grad_norm)])[-200:]
         elif isinstance(e, LayerStats):
             self.layer_stats = e
             self._bars_dirty = True
@@ -56,6 +56,9 @@ class GradientsPanel(Vertical):
             top.plot(*self.after.points(columns), label="after", marker="braille")
             if self.clip is not None:
                 top.hline(self.clip, "red")
+            if self.clip_marks:                   # the latest clip events, as red dots
+                top.scatter([s for s, _ in self.clip_marks], [n for _, n in self.clip_marks],
+                            marker="dot", color="red")
             clip = "off" if self.clip is None else f"{self.clip:g}"
             top.title(f"norm {self.before.last:.3g}  clip {clip}  clipped {self.clip_count}x")
         else:

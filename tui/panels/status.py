@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.widgets import Static
 
-from lsml_tui.trainer.events import CommandApplied, RunFinished, RunStarted, StepMetrics
+from lsml_tui.trainer.events import (CommandApplied, RunFailed, RunFinished, RunStarted,
+                                     StepMetrics)
 
 
 class StatusLine(Static):
@@ -35,13 +37,16 @@ class StatusLine(Static):
                 s["status"] = "paused" if e.changes["paused"] else "training"
         elif isinstance(e, RunFinished):
             s["status"] = e.status
+        elif isinstance(e, RunFailed):
+            s["status"] = "failed"
         else:
             return
         self.dirty = True
 
     def redraw(self) -> None:
         s = self.state
-        self.update(f"[b]{s['model']}[/]  {s['optimizer']}  norm {s['norm']}  lr {s['lr']:.3g}  "
-                    f"step {s['step']:,}  {s['rate']:.1f} steps/s  {s['device']}  "
-                    f"[b]{s['status']}[/]  {s['run']}")
+        self.update(Text.assemble(
+            (s["model"], "bold"), f"  {s['optimizer']}  norm {s['norm']}  lr {s['lr']:.3g}  "
+            f"step {s['step']:,}  {s['rate']:.1f} steps/s  {s['device']}  ",
+            (s["status"], "bold"), f"  {s['run']}"))
         self.dirty = False
