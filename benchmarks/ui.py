@@ -29,6 +29,7 @@ from lsml_tui.trainer.events import (LayerStats, MemorySample, RunStarted, StepM
                                      SystemSample)
 from lsml_tui.trainer.store import list_runs
 from lsml_tui.tui.app import LsmlApp
+from lsml_tui.tui.bridge import ReplayBridge
 
 TMUX = shutil.which("tmux")
 
@@ -80,36 +81,17 @@ def dashboard_rate(args: list[str], runs_dir: str) -> float:
         tmux("kill-session", "-t", session)
 
 
-class _Process:
-    pid, exitcode = 0, None
-
-    def is_alive(self) -> bool:
-        return True
-
-
-class SyntheticBridge:
+class SyntheticBridge(ReplayBridge):
     """Stands in for the trainer: `per_tick` steps of events on every drain."""
 
     per_tick = 20_000
 
     def __init__(self, cfg):
-        self.cfg, self.process, self.step = cfg, _Process(), 0
-        self.ended, self.crashed = False, False
+        super().__init__(cfg, [RunStarted(0, "synthetic", "", {}, 0, "cpu")])
+        self.step = 0
 
-    def start(self):
-        return self
-
-    def send(self, cmd) -> None:
-        pass
-
-    def stop(self, timeout: float = 0) -> list:
-        return []
-
-    def drain(self) -> list:
-        if self.step == 0:
-            out = [RunStarted(0, "synthetic", "", {}, 0, "cpu")]
-        else:
-            out = []
+    def more(self) -> list:
+        out = []
         for s in range(self.step, self.step + self.per_tick):
             out.append(StepMetrics(s, 2.0 / (1 + s / 1e4), 1e-3, 1.0 + (s % 97) / 97,
                                    s % 3 == 0, 1e4, s * 1e-4))

@@ -15,6 +15,7 @@ from lsml_tui.trainer.events import (ClipEvent, CommandApplied, FlopTable, Layer
                                      MemorySample, RunStarted, StepMetrics, SystemSample,
                                      TimingSample, ValMetrics)
 from lsml_tui.tui.app import LsmlApp
+from lsml_tui.tui.bridge import ReplayBridge
 
 # Snapshots are pixel-exact to the Textual release that drew them.
 RECORDED_WITH = "8.2"
@@ -50,37 +51,9 @@ def scripted_events() -> list:
     return events
 
 
-class _Process:
-    pid, exitcode = 0, None
-
-    def is_alive(self) -> bool:
-        return True
-
-
-class ScriptedBridge:
-    """Hands the app one fixed run on its first drain, then nothing."""
-
-    def __init__(self, cfg):
-        self.cfg, self.process, self.ended, self.crashed = cfg, _Process(), False, False
-        self._events = scripted_events()
-
-    def start(self):
-        return self
-
-    def drain(self) -> list:
-        events, self._events = self._events, []
-        return events
-
-    def send(self, cmd) -> None:
-        pass
-
-    def stop(self, timeout: float = 0) -> list:
-        return []
-
-
 def app(tmp_path) -> LsmlApp:
     cfg = resolve(RunConfig(model="mlp", layers=1, width=16, runs_dir=str(tmp_path)))
-    return LsmlApp(cfg, bridge_factory=ScriptedBridge)
+    return LsmlApp(cfg, bridge_factory=lambda c: ReplayBridge(c, scripted_events()))
 
 
 def test_main_screen(snap_compare, tmp_path):

@@ -81,9 +81,7 @@ class LsmlApp(App):
 
     @property
     def panels(self) -> list:
-        return [self.query_one(StatusLine), *self.query("#panels LossPanel, #panels GradientsPanel,"
-                                                        " #panels MemoryPanel, #panels FlopsPanel,"
-                                                        " #panels SystemPanel, #panels EventsPanel")]
+        return list(self.query(".panel"))
 
     @property
     def status(self) -> str:

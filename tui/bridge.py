@@ -81,3 +81,40 @@ class TrainerBridge:
             q.cancel_join_thread()
             q.close()
         return last
+
+
+class _NoProcess:
+    """Where a bridge has no trainer process behind it."""
+
+    pid, exitcode = None, None
+
+    def is_alive(self) -> bool:
+        return False
+
+
+class ReplayBridge:
+    """Feeds the dashboard recorded or scripted events; there is no trainer to command.
+
+    ``more()`` is the hook for subclasses that produce events as they are drained.
+    """
+
+    def __init__(self, cfg: RunConfig, events=()):
+        self.cfg, self.process = cfg, _NoProcess()
+        self._pending = list(events)
+        self.ended = self.crashed = False
+
+    def start(self) -> "ReplayBridge":
+        return self
+
+    def more(self) -> list:
+        return []
+
+    def drain(self) -> list:
+        out, self._pending = self._pending, []
+        return out + self.more()
+
+    def send(self, cmd: C.Command) -> None:
+        pass
+
+    def stop(self, timeout: float = 0.0) -> list:
+        return []

@@ -16,6 +16,8 @@ SHOWN = (RunStarted, CommandApplied, CommandRefused, NonFiniteGradients, Diverge
 
 
 class EventsPanel(RichLog):
+    DEFAULT_CLASSES = "panel"   # the app hands every panel each event
+
     def __init__(self, **kw):
         super().__init__(wrap=True, markup=True, max_lines=1000, **kw)
         self.border_title = "Events"

@@ -11,6 +11,8 @@ from .format import si
 
 
 class FlopsPanel(Vertical):
+    DEFAULT_CLASSES = "panel"   # the app hands every panel each event
+
     def __init__(self, **kw):
         super().__init__(**kw)
         self.border_title = "FLOPs per step"

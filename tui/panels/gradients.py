@@ -14,6 +14,8 @@ from ..series import Series
 
 
 class GradientsPanel(Vertical):
+    DEFAULT_CLASSES = "panel"   # the app hands every panel each event
+
     def __init__(self, clip: float | None, **kw):
         super().__init__(**kw)
         self.border_title = "Gradient norm"

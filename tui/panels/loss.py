@@ -14,6 +14,8 @@ SWITCHES = ("optimizer", "norm", "lr", "clip")
 
 
 class LossPanel(PlotextPlot):
+    DEFAULT_CLASSES = "panel"   # the app hands every panel each event
+
     log_scale: reactive[bool] = reactive(False)
     smooth: reactive[bool] = reactive(True)
 

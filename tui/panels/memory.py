@@ -16,6 +16,8 @@ LABELS = {"param_bytes": "params", "grad_bytes": "grads", "optimizer_state_bytes
 
 
 class MemoryPanel(Vertical):
+    DEFAULT_CLASSES = "panel"   # the app hands every panel each event
+
     def __init__(self, **kw):
         super().__init__(**kw)
         self.border_title = "Memory"

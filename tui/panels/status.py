@@ -10,6 +10,8 @@ from lsml_tui.trainer.events import (CommandApplied, RunFailed, RunFinished, Run
 
 
 class StatusLine(Static):
+    DEFAULT_CLASSES = "panel"   # the app hands every panel each event
+
     def __init__(self, cfg, **kw):
         super().__init__(**kw)
         self.state = {"model": cfg.model, "optimizer": cfg.optimizer, "norm": cfg.norm,

@@ -10,6 +10,8 @@ from .format import missing, nbytes, percent
 
 
 class SystemPanel(Static):
+    DEFAULT_CLASSES = "panel"   # the app hands every panel each event
+
     def __init__(self, **kw):
         super().__init__("waiting for the first sample…", **kw)
         self.border_title = "System"
