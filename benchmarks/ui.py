@@ -5,10 +5,12 @@
 2. Training speed with the dashboard attached against headless: the same run
    (``--steps N``) alternately headless and in the dashboard in tmux; each
    run's steps/s comes from its own run store. Goal: ratio >= 0.95.
-3. UI memory while streaming a synthetic million-step run through every panel
-   (no trainer): traced Python memory after 100k steps and after 1M. Goal: flat.
+3. UI memory while streaming a synthetic run (default two million steps)
+   through every panel (no trainer): the traced Python heap at 100k, 250k,
+   500k, 1M, 2M (3M, 4M) steps. Goal: flat.
 
     python benchmarks/ui.py [--model transformer] [--steps 300] [--repeats 2]
+                            [--stream-steps 2000000] [--memory-only]
 """
 
 from __future__ import annotations
@@ -104,10 +106,10 @@ class SyntheticBridge(ReplayBridge):
         return out
 
 
-MARKS = (100_000, 250_000, 500_000, 750_000, 1_000_000)
+MARKS = (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 3_000_000, 4_000_000)
 
 
-def streaming_memory() -> dict[str, float]:
+def streaming_memory(marks=MARKS[:5]) -> dict[str, float]:
     cfg = resolve(RunConfig(model="mlp", runs_dir=tempfile.mkdtemp()))
     marks: dict[str, float] = {}
 
@@ -115,7 +117,7 @@ def streaming_memory() -> dict[str, float]:
         app = LsmlApp(cfg, bridge_factory=SyntheticBridge)
         async with app.run_test(size=(160, 48)) as pilot:
             tracemalloc.start()
-            for mark in MARKS:
+            for mark in marks:
                 while app.bridge.step < mark:   # the app's timer drains too; both count
                     t0 = time.perf_counter()
                     app.tick()
@@ -133,9 +135,12 @@ def main() -> None:
     ap.add_argument("--model", default="transformer")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--stream-steps", type=int, default=2_000_000,
+                    help="synthetic steps for the memory figure (marks up to 4,000,000)")
+    ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        if TMUX:
+        if TMUX and not args.memory_only:
             frames = [first_frame_seconds(f"{tmp}/first") for _ in range(3)]
             print(f"time to first frame: median {statistics.median(frames):.2f} s of {frames}")
             run = ["--model", args.model, "--steps", str(args.steps)]
@@ -148,14 +153,13 @@ def main() -> None:
                   f"dashboard {d:.1f} steps/s, ratio {d / h:.3f} (medians of {args.repeats})")
         else:
             print("tmux not found: skipping first frame and training speed")
-    m = streaming_memory()
-    mems = "  ".join(f"{k // 1000}k: {m[f'memory_at_{k}'] / 2**20:.2f} MiB" for k in MARKS)
-    grow = m["memory_at_1000000"] / m["memory_at_100000"]
-    print(f"UI memory streaming 1M synthetic steps (traced Python heap): {mems}; "
-          f"1M / 100k = {grow:.2f}")
+    marks = [k for k in MARKS if k <= args.stream_steps]
+    m = streaming_memory(marks)
+    mems = "  ".join(f"{k // 1000}k: {m[f'memory_at_{k}'] / 2**20:.2f} MiB" for k in marks)
+    print(f"UI memory streaming {marks[-1]:,} synthetic steps (traced Python heap): {mems}")
     print(f"one tick (20,000 new steps into every panel, then redraw): "
-          f"{m['tick_seconds_at_100000'] * 1e3:.0f} ms at 100k, "
-          f"{m['tick_seconds_at_1000000'] * 1e3:.0f} ms at 1M")
+          f"{m[f'tick_seconds_at_{marks[0]}'] * 1e3:.0f} ms at {marks[0]:,}, "
+          f"{m[f'tick_seconds_at_{marks[-1]}'] * 1e3:.0f} ms at {marks[-1]:,}")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,22 @@ def test_a_million_steps_hold_a_bounded_number_of_points_and_the_spike_survives(
     for step in range(1_000_000):
         s.append(step, 1.0 + (100.0 if step == 1234 else 0.0))
     xs, ys = s.points()
-    # at most the exact tail (recent + one fold chunk) plus two points per bucket
-    assert len(xs) <= 2000 + max(256, s._width) + 2 * 1000
+    # at most the exact tail (recent + one fold of 256) plus two points per bucket
+    assert len(xs) <= 2000 + 256 + 2 * 1000
     assert max(ys) == 101.0                      # an old spike is still drawn
     assert (xs[0], xs[-1]) == (0, 999_999)       # the whole run, start to end
     assert xs == sorted(xs)
     assert s.count == 1_000_000 and s.last == 1.0
+
+
+def test_what_is_held_does_not_grow_with_the_run():
+    s = Series(recent=2000, max_buckets=1000)
+    sizes = []
+    for step in range(3_000_000):
+        s.append(step, float(step % 13))
+        if step + 1 in (1_000_000, 3_000_000):
+            sizes.append(len(s))
+    assert max(sizes) <= 2000 + 256 + 2 * 1000      # the same bound at 1M and at 3M
 
 
 def test_recent_points_are_exact():

@@ -3,7 +3,6 @@
 import queue
 import threading
 
-import pytest
 import torch
 
 from lsml_tui.trainer import commands as C

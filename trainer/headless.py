@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

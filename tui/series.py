@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+FOLD = 256      # exact points moved into buckets at a time
+
 
 class Series:
     def __init__(self, recent: int = 2000, max_buckets: int = 1000):
@@ -18,7 +20,7 @@ class Series:
         self._y: list[float] = []
         # (x_first, x_last, y_first_extreme, y_second_extreme): the extremes in time order
         self._buckets: list[tuple[float, float, float, float]] = []
-        self._width = 4                  # raw points per bucket; doubles on each merge
+        self._width = 4                  # raw points per new bucket; doubles on each merge
         self.count = 0
         self.last: float | None = None
 
@@ -29,14 +31,14 @@ class Series:
         self._y.append(y)
         self.count += 1
         self.last = y
-        if len(self._x) >= self.recent + max(256, self._width):   # fold a little at a time,
-            self._fold(len(self._x) - self.recent)                # so memory stays level
+        if len(self._x) >= self.recent + FOLD:   # fold a little at a time, so what is
+            self._fold(FOLD)                       # held never depends on the run's length
 
     def _fold(self, n: int) -> None:
         """Move the oldest `n` exact points into buckets."""
         xs, ys = self._x[:n], self._y[:n]
         del self._x[:n], self._y[:n]
-        w = self._width
+        w = min(self._width, n)
         for i in range(0, n, w):
             bx, by = xs[i:i + w], ys[i:i + w]
             lo, hi = by.index(min(by)), by.index(max(by))
