@@ -109,25 +109,25 @@ class SyntheticBridge(ReplayBridge):
 MARKS = (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 3_000_000, 4_000_000)
 
 
-def streaming_memory(marks=MARKS[:5]) -> dict[str, float]:
+def streaming_memory(steps_at=MARKS[:5]) -> dict[str, float]:
     cfg = resolve(RunConfig(model="mlp", runs_dir=tempfile.mkdtemp()))
-    marks: dict[str, float] = {}
+    figures: dict[str, float] = {}
 
     async def main() -> None:
         app = LsmlApp(cfg, bridge_factory=SyntheticBridge)
         async with app.run_test(size=(160, 48)) as pilot:
             tracemalloc.start()
-            for mark in marks:
+            for mark in steps_at:
                 while app.bridge.step < mark:   # the app's timer drains too; both count
                     t0 = time.perf_counter()
                     app.tick()
                     tick = time.perf_counter() - t0
                     await pilot.pause()
-                marks[f"memory_at_{mark}"] = tracemalloc.get_traced_memory()[0]
-                marks[f"tick_seconds_at_{mark}"] = tick
+                figures[f"memory_at_{mark}"] = tracemalloc.get_traced_memory()[0]
+                figures[f"tick_seconds_at_{mark}"] = tick
             tracemalloc.stop()
     asyncio.run(main())
-    return marks
+    return figures
 
 
 def main() -> None:
@@ -140,7 +140,9 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        if TMUX and not args.memory_only:
+        if args.memory_only:
+            pass
+        elif TMUX:
             frames = [first_frame_seconds(f"{tmp}/first") for _ in range(3)]
             print(f"time to first frame: median {statistics.median(frames):.2f} s of {frames}")
             run = ["--model", args.model, "--steps", str(args.steps)]
