@@ -110,8 +110,7 @@ class LsmlApp(App):
             self.query_one(EventsPanel).say(
                 f"the trainer process died (exit code {self.bridge.process.exitcode}); "
                 f"what it recorded is in the run store. Press r to restart.", "bold red")
-            self.query_one(StatusLine).state["status"] = "crashed"
-            self.query_one(StatusLine).dirty = True
+            self.query_one(StatusLine).set_status("crashed")
         for panel in panels:
             if panel.dirty:
                 panel.redraw()

@@ -45,6 +45,11 @@ class StatusLine(Static):
             return
         self.dirty = True
 
+    def set_status(self, status: str) -> None:
+        """Say what the app knows and the trainer cannot (it crashed)."""
+        self.state["status"] = status
+        self.dirty = True
+
     def redraw(self) -> None:
         s = self.state
         self.update(Text.assemble(
