@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections import deque
 
+from rich.markup import escape
 from textual.widgets import RichLog
 
 from lsml_tui.trainer.events import (ClipEvent, CommandApplied, CommandRefused, Diverged,
                                      NonFiniteGradients, RunFailed, RunFinished, RunStarted,
                                      TraceCaptured)
 
+from .format import describe
 
-SHOWN = (RunStarted, CommandApplied, CommandRefused, NonFiniteGradients, Diverged, RunFailed,
-         TraceCaptured, RunFinished)
+
+STYLES = {RunStarted: "bold", CommandApplied: "green", CommandRefused: "yellow",
+          NonFiniteGradients: "yellow", Diverged: "bold red", RunFailed: "bold red",
+          TraceCaptured: "cyan", RunFinished: "bold"}
+SHOWN = tuple(STYLES)
 
 
 class EventsPanel(RichLog):
@@ -27,7 +32,7 @@ class EventsPanel(RichLog):
 
     def say(self, text: str, style: str = "") -> None:
         self.history.append(text)
-        self.write(f"[{style}]{text}[/]" if style else text)
+        self.write(f"[{style}]{escape(text)}[/]" if style else escape(text))
 
     def add(self, e) -> None:
         if isinstance(e, ClipEvent):
@@ -37,26 +42,11 @@ class EventsPanel(RichLog):
         if not isinstance(e, SHOWN):
             return
         self._flush_clips()                  # keep the log in step order
-        match e:
-            case RunStarted():
-                self.say(f"run {e.run_id} on {e.device}, {e.params:,} parameters", "bold")
-            case CommandApplied():
-                self.say(f"step {e.step}: {e.detail}", "green")
-            case CommandRefused():
-                self.say(f"step {e.step}: {e.command} refused: {e.reason}", "yellow")
-            case NonFiniteGradients():
-                self.say(f"step {e.step}: {e.message}", "yellow")
-            case Diverged():
-                self.say(f"step {e.step}: diverged: {e.message}", "bold red")
-            case RunFailed():
-                self.say(f"step {e.step}: trainer failed: {e.error}", "bold red")
-                for line in e.traceback.rstrip().splitlines()[-12:]:
-                    self.say(line, "red")
-                self.say("press r to start a new run", "bold")
-            case TraceCaptured():
-                self.say(f"step {e.step}: trace of {e.steps} steps written to {e.path}", "cyan")
-            case RunFinished():
-                self.say(f"step {e.step}: run {e.status}", "bold")
+        self.say(describe(e), STYLES[type(e)])
+        if isinstance(e, RunFailed):
+            for line in e.traceback.rstrip().splitlines()[-12:]:
+                self.say(line, "red")
+            self.say("press r to start a new run", "bold")
 
     def _flush_clips(self) -> None:
         if self._clips:

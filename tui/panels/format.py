@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from lsml_tui.trainer import events as E
+
 
 def missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -31,3 +33,25 @@ def nbytes(value) -> str:
 
 def percent(value) -> str:
     return "N/A" if missing(value) else f"{value:.0f}%"
+
+
+def describe(e) -> str:
+    """One line for an event the user should see (events panel, report timelines)."""
+    match e:
+        case E.RunStarted():
+            return f"run {e.run_id} on {e.device}, {e.params:,} parameters"
+        case E.CommandApplied():
+            return f"step {e.step}: {e.detail}"
+        case E.CommandRefused():
+            return f"step {e.step}: {e.command} refused: {e.reason}"
+        case E.NonFiniteGradients():
+            return f"step {e.step}: {e.message}"
+        case E.Diverged():
+            return f"step {e.step}: diverged: {e.message}"
+        case E.RunFailed():
+            return f"step {e.step}: trainer failed: {e.error}"
+        case E.TraceCaptured():
+            return f"step {e.step}: trace of {e.steps} steps written to {e.path}"
+        case E.RunFinished():
+            return f"step {e.step}: run {e.status}"
+    return f"step {e.step}: {type(e).__name__}"
