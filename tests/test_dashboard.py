@@ -1,6 +1,7 @@
 """The dashboard driven through Pilot, with the real trainer process and run store."""
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -107,6 +108,23 @@ def test_every_live_control_reaches_the_trainer_store_and_loss_markers(tmp_path)
         for command in ("optimizer adamw", "norm layer", "lr 0.0123", "clip off"):
             stored, = applied(app, command)
             assert stored["step"] == markers[command]      # the marker sits where it applied
+    scenario(config(tmp_path), body)
+
+
+def test_export_writes_a_partial_report_of_the_live_run(tmp_path):
+    async def body(app, pilot):
+        await until(pilot, lambda: app.query_one(MemoryPanel).latest is not None, what="a sample")
+        await pilot.press("e")
+        report = Path(app.run_dir) / "report.json"
+        await until(pilot, report.exists, what="the report")
+        run, = json.loads(report.read_text())["runs"]
+        assert run["id"] == Path(app.run_dir).name and run["partial"] is True
+        assert run["summary"]["steps"] > 0 and run["flops"] is not None
+        for ext in ("html", "md", "csv"):
+            assert (Path(app.run_dir) / f"report.{ext}").is_file()
+        await until(pilot, lambda: any("reports written" in line
+                                       for line in app.query_one(EventsPanel).history),
+                    what="the events panel to say so")
     scenario(config(tmp_path), body)
 
 

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,15 @@ def wait_for(session: str, predicate, what: str, timeout: float = 90.0) -> str:
     pytest.fail(f"timed out waiting for {what}; the screen was:\n{screen(session)}")
 
 
+def quit_and_wait(session: str, done, timeout: float = 60.0) -> None:
+    """Press q; the command line touches `done` once lsml-tui has exited."""
+    tmux("send-keys", "-t", session, "q")
+    deadline = time.time() + timeout
+    while not done.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert done.exists(), "lsml-tui did not exit"
+
+
 def step_on(text: str) -> int:
     m = re.search(r"step ([\d,]+) ", text.splitlines()[0] if text else "")
     return int(m.group(1).replace(",", "")) if m else -1
@@ -57,11 +67,7 @@ def test_train_pause_switch_optimizer_quit_in_tmux(tmp_path):
         wait_for(session, lambda t: "adamw" in t.splitlines()[0], "adamw in the status line")
         tmux("send-keys", "-t", session, "Space")
         wait_for(session, lambda t: step_on(t) > paused_at + 20, "training to resume")
-        tmux("send-keys", "-t", session, "q")
-        deadline = time.time() + 60
-        while not done.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        assert done.exists(), "lsml-tui did not exit"
+        quit_and_wait(session, done)
     finally:
         tmux("kill-session", "-t", session)
     run, = list_runs(runs)
@@ -72,3 +78,30 @@ def test_train_pause_switch_optimizer_quit_in_tmux(tmp_path):
     assert applied[0] == ("pause", paused_at)
     assert applied[1] == ("optimizer adamw", paused_at)          # applied while paused
     assert [c for c, _ in applied[2:]] == ["resume", "stop"]
+
+
+def test_train_headless_then_open_export_and_list_in_tmux(tmp_path):
+    """The history path a user follows: train, reopen read-only, export, list."""
+    runs = tmp_path / "runs"
+    subprocess.run([sys.executable, "-m", "lsml_tui.tui.cli", "--headless", "--no-progress",
+                    "--model", "mlp", "--steps", "150", "--runs-dir", str(runs)], check=True)
+    run, = list_runs(runs)
+    session = f"lsml-open-{tmp_path.name}"[:40]
+    done = tmp_path / "exited"
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+         f"{sys.executable} -m lsml_tui.tui.cli open {run.run_dir}; touch {done}")
+    try:
+        wait_for(session, lambda t: step_on(t) == 150 and "finished" in t.splitlines()[0],
+                 "every recorded step and the final status")
+        tmux("send-keys", "-t", session, "e")
+        deadline = time.time() + 60
+        while not (Path(run.run_dir) / "report.csv").exists() and time.time() < deadline:
+            time.sleep(0.2)                                        # csv is written last
+        quit_and_wait(session, done)
+    finally:
+        tmux("kill-session", "-t", session)
+    assert {p.name for p in Path(run.run_dir).glob("report.*")} == {
+        "report.html", "report.md", "report.json", "report.csv"}
+    listing = subprocess.run([sys.executable, "-m", "lsml_tui.tui.cli", "runs", "--runs-dir",
+                              str(runs)], capture_output=True, text=True, check=True).stdout
+    assert run.id in listing and "finished" in listing

@@ -157,6 +157,16 @@ def event_payload(event: Event) -> dict:
     return dataclasses.asdict(event)
 
 
+def event_from_payload(kind: str, payload: dict) -> Event:
+    """The inverse of ``event_payload``: a stored event back as its dataclass.
+
+    Keys the class does not have (the store's id and time) are ignored; a missing
+    field or an unknown kind raises ``TypeError`` / ``KeyError``.
+    """
+    cls = EVENT_TYPES[kind]
+    return cls(**{f.name: payload[f.name] for f in dataclasses.fields(cls) if f.name in payload})
+
+
 class Coalescer:
     """Collect events and hand them to `sink` in batches, at most `max_rate` a second."""
 

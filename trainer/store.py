@@ -10,6 +10,7 @@ opening a run left ``running`` by a process that no longer exists marks it
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import secrets
@@ -70,14 +71,15 @@ def _json_default(value):
     return str(value)
 
 
-def _clean(value):
-    """NaN and N/A become null: JSON has no NaN."""
-    if isinstance(value, float) and value != value:
+def json_safe(value):
+    """NaN, N/A and infinities become null: JSON has none of them (the event's message
+    still says which it was)."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -140,7 +142,7 @@ class RunStore:
         """A sampled profile (layers, memory, timing, flops, system) as JSON."""
         self._queue.put(("INSERT INTO samples (step, time, kind, payload) VALUES (?,?,?,?)",
                          (event.step, time.time(), event_kind(event),
-                          json.dumps(_clean(event_payload(event)), default=_json_default))))
+                          json.dumps(json_safe(event_payload(event)), default=_json_default))))
 
     def record_val(self, step: int, t: float, loss: float) -> None:
         self._queue.put(("INSERT OR REPLACE INTO val VALUES (?,?,?)", (step, t, loss)))
@@ -148,7 +150,7 @@ class RunStore:
     def record_event(self, event) -> None:
         self._queue.put(("INSERT INTO events (step, time, kind, payload) VALUES (?,?,?,?)",
                          (event.step, time.time(), event_kind(event),
-                          json.dumps(_clean(event_payload(event)), default=_json_default))))
+                          json.dumps(json_safe(event_payload(event)), default=_json_default))))
 
     def set_status(self, status: str, summary: dict | None = None) -> None:
         ended = time.time() if status in FINAL else None
@@ -294,6 +296,19 @@ class RunReader:
         rows = self._con.execute(sql + " ORDER BY id", args).fetchall()
         return [{"id": r[0], "step": r[1], "time": r[2], "kind": r[3], **json.loads(r[4])}
                 for r in rows]
+
+    def iter_rows(self, table: str):
+        """Rows of `steps`, `clips`, `val` or `samples` in step order, read as they are
+        iterated (a million-step run is never loaded at once). Samples come as
+        (step, kind, payload dict)."""
+        if table == "samples":
+            for step, kind, payload in self._con.execute(
+                    "SELECT step, kind, payload FROM samples ORDER BY step, id"):
+                yield step, kind, json.loads(payload)
+        elif table in ("steps", "clips", "val"):
+            yield from self._con.execute(f"SELECT * FROM {table} ORDER BY step")
+        else:
+            raise ValueError(f"no table {table!r} to iterate")
 
     def integrity_ok(self) -> bool:
         return self._con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -40,6 +40,7 @@ class LsmlApp(App):
         Binding("space", "toggle_pause", "pause", tooltip="Pause or resume training"),
         Binding("s", "single_step", "step", tooltip="One step while paused"),
         Binding("t", "trace", "trace", tooltip="Capture a torch.profiler trace of 5 steps"),
+        Binding("e", "export", "export", tooltip="Write HTML, Markdown, JSON and CSV reports"),
         Binding("m", "pick_model", "model", tooltip="Restart with another model"),
         Binding("r", "restart", "restart", show=False, tooltip="Restart the trainer"),
         Binding("g", "toggle_log", "log y", show=False, tooltip="Loss on a log scale"),
@@ -48,14 +49,16 @@ class LsmlApp(App):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, cfg: RunConfig, bridge_factory=TrainerBridge):
+    def __init__(self, cfg: RunConfig, bridge_factory=TrainerBridge, replay_of: str | None = None):
         super().__init__()
         prepare_processes()
         self.cfg = cfg
         self.bridge_factory = bridge_factory   # tests and benchmarks feed synthetic events
         self.bridge: TrainerBridge | None = None
         self.final: RunFinished | None = None
-        self.run_dir: str | None = None
+        self.run_dir: str | None = replay_of
+        self.read_only = replay_of is not None  # a recorded run: nothing to command
+        self._replay_done = False
         self._crash_reported = False
         self._swapping = False      # panels are being rebuilt: the timer waits
 
@@ -87,10 +90,19 @@ class LsmlApp(App):
     def status(self) -> str:
         return self.query_one(StatusLine).state["status"]
 
+    @classmethod
+    def replay(cls, run_dir) -> "LsmlApp":
+        """The dashboard on a stored run, read-only, every panel filled from the store."""
+        from .replay import RecordedBridge, replay_config
+        return cls(replay_config(run_dir), lambda cfg: RecordedBridge(cfg, run_dir),
+                   replay_of=str(run_dir))
+
     def start_trainer(self) -> None:
         self.final, self._crash_reported = None, False
         self.bridge = self.bridge_factory(self.cfg).start()
-        self.query_one(EventsPanel).say(f"starting the trainer ({self.cfg.model}) …", "dim")
+        self.query_one(EventsPanel).say(
+            f"replaying {self.run_dir} (read-only) …" if self.read_only
+            else f"starting the trainer ({self.cfg.model}) …", "dim")
 
     def tick(self) -> None:
         """Drain the trainer's events into the panels; redraw what changed."""
@@ -101,7 +113,7 @@ class LsmlApp(App):
         for e in events:
             if isinstance(e, RunFinished):
                 self.final = e
-            elif isinstance(e, RunStarted):
+            elif isinstance(e, RunStarted) and not self.read_only:
                 self.run_dir = e.run_dir
             for panel in panels:
                 panel.add(e)
@@ -111,24 +123,42 @@ class LsmlApp(App):
                 f"the trainer process died (exit code {self.bridge.process.exitcode}); "
                 f"what it recorded is in the run store. Press r to restart.", "bold red")
             self.query_one(StatusLine).set_status("crashed")
+        if self.read_only and self.bridge.ended and not self._replay_done:
+            self._replay_done = True
+            self.query_one(StatusLine).set_status(f"{self.bridge.status} (replay)")
+            self.query_one(EventsPanel).say(f"replay complete: run {self.bridge.status}; "
+                                            f"press e for a report, q to quit", "bold")
         for panel in panels:
             if panel.dirty:
                 panel.redraw()
 
     # -- controls ---------------------------------------------------------------
 
+    def refused_read_only(self) -> bool:
+        """A replay has no trainer: say how to train again instead."""
+        if self.read_only:
+            self.notify(f"read-only replay; to train this config again: lsml-tui --config "
+                        f"{self.run_dir}/config.toml", severity="warning")
+        return self.read_only
+
     def send(self, cmd: C.Command) -> None:
+        if self.refused_read_only():
+            return
         if self.bridge is None or not self.bridge.process.is_alive() or self.final is not None:
             self.notify("the trainer is not running; press r to restart", severity="warning")
             return
         self.bridge.send(cmd)
 
     def action_pick_optimizer(self) -> None:
+        if self.refused_read_only():
+            return
         current = self.query_one(StatusLine).state["optimizer"]
         self.push_screen(ChoiceScreen("Optimizer", list(specs.OPTIMIZERS), current),
                          lambda name: name and self.send(C.SetOptimizer(name)))
 
     def action_pick_norm(self) -> None:
+        if self.refused_read_only():
+            return
         current = self.query_one(StatusLine).state["norm"]
         self.push_screen(ChoiceScreen(f"Normalization ({self.cfg.model})",
                                       list(specs.allowed_norms(self.cfg.model)), current),
@@ -145,6 +175,8 @@ class LsmlApp(App):
         self.push_screen(ValueScreen(title, value), done)
 
     def action_set_lr(self) -> None:
+        if self.refused_read_only():
+            return
         def parse(text: str) -> C.SetLR:
             lr = float(text)
             check_lr(lr)
@@ -152,6 +184,8 @@ class LsmlApp(App):
         self._ask("Learning rate (> 0)", f"{self.query_one(StatusLine).state['lr']:g}", parse)
 
     def action_set_clip(self) -> None:
+        if self.refused_read_only():
+            return
         def parse(text: str) -> C.SetClip:
             value = None if text.lower() in ("off", "none") else float(text)
             check_clip(value)
@@ -168,6 +202,22 @@ class LsmlApp(App):
     def action_trace(self) -> None:
         self.send(C.CaptureTrace(steps=5))
 
+    async def action_export(self) -> None:
+        """Write every report format for this run into its run directory, off the UI thread."""
+        if self.run_dir is None:
+            self.notify("no run to report yet", severity="warning")
+            return
+        from .report import write_reports
+        self.notify("writing reports …")
+        try:
+            paths = await asyncio.to_thread(write_reports, [self.run_dir])
+        except Exception as e:  # a full disk or an unreadable store: say so, keep running
+            self.notify(f"report failed: {type(e).__name__}: {e}", severity="error")
+            return
+        names = ", ".join(p.name for p in paths)
+        self.query_one(EventsPanel).say(f"reports written to {paths[0].parent}: {names}", "cyan")
+        self.notify(f"{paths[0]} (+ {len(paths) - 1} more)", title="report written")
+
     def action_toggle_log(self) -> None:
         panel = self.query_one(LossPanel)
         panel.log_scale = not panel.log_scale
@@ -180,6 +230,9 @@ class LsmlApp(App):
         self.push_screen(HelpScreen())
 
     def action_pick_model(self) -> None:
+        if self.refused_read_only():
+            return
+
         async def switch(model: str | None) -> None:
             if not model:
                 return
@@ -189,6 +242,8 @@ class LsmlApp(App):
                                       self.cfg.model), switch)
 
     async def action_restart(self) -> None:
+        if self.refused_read_only():
+            return
         if self.bridge is not None and self.bridge.process.is_alive() and self.final is None:
             self.notify("the trainer is running; press m to restart with another model")
             return

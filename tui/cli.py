@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lsml_tui.tui import history
+from lsml_tui.tui.history import SUBCOMMANDS
 from lsml_tui.trainer.config import (FIELDS, ConfigError, RunConfig, check_runs_dir, flag,
                                      load_toml, parse_value, resolve, to_toml)
 
@@ -22,8 +24,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Watch a neural network train and see what it costs.",
-                argument_default=argparse.SUPPRESS)
+    p = _Parser(prog=PROG, description="Watch a neural network train and see what it costs. "
+                "Also: lsml-tui report RUN_DIR..., lsml-tui runs, lsml-tui open RUN_DIR "
+                "(each with --help).", argument_default=argparse.SUPPRESS)
     p.add_argument("--headless", action="store_true", help="train without the dashboard, "
                    "with a progress bar on stderr")
     p.add_argument("--json", action="store_true", help="with --headless: print a JSON summary "
@@ -63,6 +66,13 @@ def run_dashboard(cfg: RunConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        try:
+            return history.main(argv, PROG, _Parser)
+        except ConfigError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)

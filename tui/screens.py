@@ -66,6 +66,7 @@ trainer between two steps; the loss panel marks the step where it took effect.
 | `space` | pause / resume |
 | `s` | one step while paused |
 | `t` | capture a torch.profiler trace of the next 5 steps |
+| `e` | export reports (HTML, Markdown, JSON, CSV) into the run directory |
 | `m` | restart with another model |
 | `r` | restart the trainer after a crash or the end of a run |
 | `g` | loss panel: log scale on/off |

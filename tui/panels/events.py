@@ -11,7 +11,7 @@ from lsml_tui.trainer.events import (ClipEvent, CommandApplied, CommandRefused, 
                                      NonFiniteGradients, RunFailed, RunFinished, RunStarted,
                                      TraceCaptured)
 
-from .format import describe
+from ..format import describe
 
 
 STYLES = {RunStarted: "bold", CommandApplied: "green", CommandRefused: "yellow",

@@ -7,7 +7,7 @@ from textual.widgets import DataTable, Static
 
 from lsml_tui.trainer.events import FlopTable, TimingSample
 
-from .format import si
+from ..format import si
 
 
 class FlopsPanel(Vertical):

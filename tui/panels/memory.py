@@ -8,7 +8,7 @@ from textual_plotext import PlotextPlot
 from lsml_tui.trainer.events import LayerStats, MemorySample
 
 from ..series import Series
-from .format import nbytes
+from ..format import nbytes
 
 PARTS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "saved_activation_bytes")
 LABELS = {"param_bytes": "params", "grad_bytes": "grads", "optimizer_state_bytes": "optimizer",

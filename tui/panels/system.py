@@ -6,7 +6,7 @@ from textual.widgets import Static
 
 from lsml_tui.trainer.events import SystemSample, TimingSample
 
-from .format import missing, nbytes, percent
+from ..format import missing, nbytes, percent
 
 
 class SystemPanel(Static):

@@ -1,4 +1,5 @@
-"""Number formatting shared by the panels: SI units, bytes, N/A for what is missing."""
+"""Formatting shared by the panels and reports: SI units, bytes, N/A for what is missing,
+and one line per event."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def nbytes(value) -> str:
         if abs(value) >= factor:
             return f"{value / factor:.3g} {prefix}"
     return f"{int(value)} B"
+
+
+def milliseconds(seconds) -> str:
+    return "N/A" if missing(seconds) else f"{seconds * 1e3:.3g} ms"
 
 
 def percent(value) -> str:

@@ -1,0 +1,106 @@
+"""The run-history subcommands: ``lsml-tui report``, ``lsml-tui runs``, ``lsml-tui open``.
+
+Each reads only the run store. Bad input (not a run directory, an unknown
+format, an output directory that cannot be written) is refused with one line
+and exit status 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from lsml_tui.trainer.config import ConfigError, suggest
+from lsml_tui.trainer.store import DB_NAME, list_runs
+
+SUBCOMMANDS = ("report", "runs", "open")
+
+
+def _run_dir(path: str) -> str:
+    if not (Path(path) / DB_NAME).is_file():
+        raise ConfigError(f"{path!r} is not a run directory (no {DB_NAME} in it); "
+                          f"list runs with: lsml-tui runs")
+    return path
+
+
+def _formats(text: str) -> list[str]:
+    from .report import FORMATS
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    for name in names:
+        if name not in FORMATS:
+            raise ConfigError(f"--format {name!r} is not one of: {', '.join(FORMATS)}"
+                              f"{suggest(name, FORMATS)}")
+    if not names:
+        raise ConfigError(f"--format is empty; allowed: {', '.join(FORMATS)}")
+    return list(dict.fromkeys(names))
+
+
+def _writable_dir(path: str) -> str:
+    p = Path(path)
+    existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path!r} cannot be written (nearest existing: {existing})")
+    return path
+
+
+def parser(prog: str, make) -> argparse.ArgumentParser:
+    p = make(prog=prog, description="Reports, run history and replay.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=make)
+    rep = sub.add_parser("report", help="write reports of one run, or a comparison of several")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--format", default="html,md,json,csv",
+                     help="comma-separated: html, md, json, csv (default all)")
+    rep.add_argument("--out", metavar="DIR", help="where to write (default: the run directory, "
+                     "or the runs directory for a comparison)")
+    runs = sub.add_parser("runs", help="list the runs in a runs directory")
+    runs.add_argument("--runs-dir", default="runs", metavar="DIR")
+    opn = sub.add_parser("open", help="open a stored run in the dashboard, read-only")
+    opn.add_argument("run_dir", metavar="RUN_DIR")
+    return p
+
+
+def main(argv: list[str], prog: str, make) -> int:
+    args = parser(prog, make).parse_args(argv)
+    if args.command == "report":
+        dirs = [_run_dir(d) for d in args.run_dirs]
+        formats = _formats(args.format)
+        out = _writable_dir(args.out) if args.out else None
+        from .report import write_reports
+        for path in write_reports(dirs, formats, out):
+            print(path)
+        return 0
+    if args.command == "runs":
+        if not Path(args.runs_dir).is_dir():
+            raise ConfigError(f"--runs-dir {args.runs_dir!r} is not a directory")
+        return print_runs(args.runs_dir)
+    from .app import LsmlApp
+    app = LsmlApp.replay(_run_dir(args.run_dir))
+    app.run()
+    return 0
+
+
+def print_runs(runs_dir: str) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    runs = list_runs(runs_dir)
+    console = Console(width=None if sys.stdout.isatty() else 200)   # piped: never cut an id
+    if not runs:
+        console.print(f"no runs in {runs_dir}")
+        return 0
+    table = Table(box=None, header_style="bold")
+    for name in ("id", "model", "optimizer", "norm", "steps", "final loss", "status", "started"):
+        table.add_column(name, no_wrap=name in ("id", "started"),
+                         justify="right" if name in ("steps", "final loss") else "left")
+    for r in runs:
+        final = r.summary or {}     # after live switches, where the run recorded its end
+        switched = lambda key, first: (f"{first}->{final[key]}"  # noqa: E731
+                                       if final.get(key, first) != first else first)
+        table.add_row(r.id, r.model, switched("optimizer", r.optimizer), switched("norm", r.norm),
+                      f"{r.steps:,}",
+                      "N/A" if r.final_loss is None else f"{r.final_loss:.4f}", r.status,
+                      datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+    return 0

@@ -1,0 +1,74 @@
+"""Report writers: HTML, Markdown, JSON and CSV from the run store (and only from it).
+
+``write_reports([run_dir, ...], formats, out_dir)`` reads each run once and writes
+one file per format, each to a temporary name renamed into place. One run's
+reports go to ``<run_dir>/report.<ext>``; several runs make one comparison,
+``<runs dir>/compare-<time>.<ext>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+from lsml_tui.trainer.store import json_safe, write_atomic
+
+from .data import SCHEMA_VERSION, RunData, load_run, summarize
+
+FORMATS = ("html", "md", "json", "csv")
+STEP_COLUMNS = ("step", "time", "loss", "lr", "grad_norm", "grad_norm_clipped", "clipped",
+                "examples_per_second")
+
+
+def to_json(reports: list[dict]) -> str:
+    return json.dumps({"schema_version": SCHEMA_VERSION, "generated_by": "lsml-tui",
+                       "runs": reports}, indent=2, allow_nan=False) + "\n"
+
+
+def to_csv(runs: list[RunData]) -> str:
+    """One row per recorded step (per run), with the validation loss where one was taken."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(["run_id", *STEP_COLUMNS, "val_loss"])
+    for run in runs:
+        val = dict(zip(run.val["step"], run.val["loss"]))
+        cols = [run.steps[c] for c in STEP_COLUMNS]
+        for row in zip(*cols):
+            out.writerow([run.info.id, *("" if v is None else v for v in row), val.get(row[0], "")])
+    return buf.getvalue()
+
+
+def default_out(run_dirs: list[Path]) -> Path:
+    return run_dirs[0] if len(run_dirs) == 1 else run_dirs[0].parent
+
+
+def write_reports(run_dirs, formats=FORMATS, out_dir=None) -> list[Path]:
+    """Write each format for these runs; return the paths written."""
+    dirs = [Path(d) for d in run_dirs]
+    runs = [load_run(d) for d in dirs]
+    reports = [json_safe(summarize(r)) for r in runs]
+    out = Path(out_dir) if out_dir is not None else default_out(dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "report" if len(runs) == 1 else f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    written = []
+    for fmt in formats:
+        if fmt == "html":
+            from .html import render          # matplotlib: imported only when drawing
+            text = render(runs, reports)
+        elif fmt == "md":
+            from .markdown import render as render_md
+            text = render_md(reports)
+        elif fmt == "json":
+            text = to_json(reports)
+        elif fmt == "csv":
+            text = to_csv(runs)
+        else:
+            raise ValueError(f"unknown report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        path = out / f"{stem}.{fmt}"
+        write_atomic(path, text)
+        written.append(path)
+    return written
+

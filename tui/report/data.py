@@ -1,0 +1,148 @@
+"""What a report says about one run, read from its run store and nothing else.
+
+``load_run`` reads the store once; ``summarize`` turns that into the plain,
+JSON-ready dict that every format writes (documented in the README, versioned
+by ``SCHEMA_VERSION``). A run that is still going reads the same way and is
+marked ``partial``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from lsml_tui.trainer.events import event_from_payload
+from lsml_tui.trainer.store import LIVE, RunInfo, open_run
+
+from ..format import describe
+
+SCHEMA_VERSION = 1
+SWITCHES = ("optimizer", "norm", "lr", "clip")     # commands that change the training
+PROFILES = ("FlopTable", "LayerStats", "MemorySample", "TimingSample", "SystemSample")
+MEMORY_PARTS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "saved_activation_bytes")
+FINAL_WINDOW = 10      # final_train_loss: mean of the last 10 finite losses, as the trainer's
+
+
+@dataclass
+class RunData:
+    info: RunInfo
+    steps: dict[str, list]          # the steps table, column by column
+    val: dict[str, list]            # step, loss
+    clips: dict[str, list]          # step, grad_norm, threshold, scale
+    samples: dict[str, list[dict]]  # kind -> sampled profiles, oldest first
+    events: list[dict]              # the events table, oldest first
+
+    @property
+    def partial(self) -> bool:
+        return self.info.status in LIVE
+
+    @property
+    def switches(self) -> list[tuple[int, str]]:
+        """(step, command) of every applied optimizer, norm, lr or clip change."""
+        return [(e["step"], e["command"]) for e in self.events
+                if e["kind"] == "CommandApplied" and e["command"].split()[0] in SWITCHES]
+
+    def latest(self, kind: str) -> dict | None:
+        return self.samples[kind][-1] if self.samples[kind] else None
+
+
+def load_run(run_dir) -> RunData:
+    with open_run(run_dir) as r:
+        return RunData(info=r.info(), steps=r.steps(), val=r.val(), clips=r.clips(),
+                       samples={k: r.samples(k) for k in PROFILES}, events=r.events())
+
+
+def _finite(values) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def steps_per_second(run: RunData) -> float | None:
+    """Steps over the seconds spent in them: each step took batch_size / examples_per_second."""
+    batch = run.info.config.get("batch_size")
+    seconds = [batch / eps for eps in run.steps["examples_per_second"] if eps and eps > 0]
+    return len(seconds) / sum(seconds) if batch and seconds else None
+
+
+def summarize(run: RunData) -> dict:
+    """Everything a report states about one run, as plain JSON-ready data."""
+    info, steps = run.info, run.steps
+    losses, norms = _finite(steps["loss"]), _finite(steps["grad_norm"])
+    started = next((e for e in run.events if e["kind"] == "RunStarted"), None)
+    flops, timing = run.latest("FlopTable"), run.latest("TimingSample")
+    memory, layers = run.latest("MemorySample"), run.latest("LayerStats")
+    return {
+        "id": info.id,
+        "run_dir": info.run_dir,
+        "status": info.status,
+        "partial": run.partial,
+        "model": info.model,
+        "optimizer": info.optimizer,
+        "norm": info.norm,
+        "device": started["device"] if started else None,
+        "params": started["params"] if started else None,
+        "created": _iso(info.created),
+        "ended": _iso(info.ended),
+        "config": info.config,
+        "summary": {
+            "steps": len(steps["step"]),
+            "last_step": steps["step"][-1] if steps["step"] else None,
+            "initial_train_loss": losses[0] if losses else None,
+            "final_train_loss": statistics.fmean(losses[-FINAL_WINDOW:]) if losses else None,
+            "min_train_loss": min(losses) if losses else None,
+            "final_val_loss": run.val["loss"][-1] if run.val["loss"] else None,
+            "min_val_loss": min(_finite(run.val["loss"]), default=None),
+            "last_grad_norm": norms[-1] if norms else None,
+            "max_grad_norm": max(norms, default=None),
+            "clip_events": len(run.clips["step"]),
+            "skipped_steps": len(steps["grad_norm"]) - len(norms),
+            "steps_per_second": steps_per_second(run),
+            "switches": len(run.switches),
+        },
+        "flops": None if flops is None else {
+            "forward_per_step": flops["forward"],
+            "backward_per_step": flops["backward"],
+            "backward_over_forward": flops["backward"] / flops["forward"] if flops["forward"] else None,
+            "per_module": {m: {"forward": f, "backward": b} for m, (f, b) in flops["per_module"].items()},
+            "achieved_flops_per_second": timing["flops_per_second"] if timing else None,
+            "mfu": timing["mfu"] if timing else None,
+        },
+        "memory": None if memory is None else {
+            **{part: memory[part] for part in MEMORY_PARTS},
+            "peak_saved_activation_bytes": max(m["saved_activation_bytes"]
+                                               for m in run.samples["MemorySample"]),
+            "cuda_peak_bytes": memory["cuda_peak_bytes"],
+            "saved_bytes_per_module": layers["saved_bytes"] if layers else {},
+        },
+        "timing": None if timing is None else {
+            "step_seconds": timing["step_seconds"],
+            "phase_seconds": timing["phases"],
+        },
+        "system": system_summary(run.samples["SystemSample"]),
+        "timeline": [timeline_entry(e) for e in run.events],
+    }
+
+
+def system_summary(samples: list[dict]) -> dict | None:
+    if not samples:
+        return None
+    cpu = _finite(s["sample"].get("cpu_percent") for s in samples)
+    rss = _finite(s["sample"].get("rss_bytes") for s in samples)
+    return {"samples": len(samples),
+            "cpu_percent_mean": statistics.fmean(cpu) if cpu else None,
+            "rss_bytes_max": max(rss, default=None),
+            "gpus": samples[-1]["sample"].get("gpus") or []}
+
+
+def timeline_entry(e: dict) -> dict:
+    """One stored event as {step, kind, text}: the same line the events panel shows."""
+    try:
+        text = describe(event_from_payload(e["kind"], e))
+    except (KeyError, TypeError):           # a payload from another schema: say what we can
+        text = f"step {e['step']}: {e['kind']}"
+    return {"step": e["step"], "time": _iso(e["time"]), "kind": e["kind"], "text": text}

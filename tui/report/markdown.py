@@ -1,0 +1,58 @@
+"""The Markdown report: the summary and tables, readable in a terminal or a pull request."""
+
+from __future__ import annotations
+
+from ..format import milliseconds, nbytes
+from .tables import comparison_rows, config_rows, flops_rows, summary_rows
+
+
+def _cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(map(_cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(reports: list[dict]) -> str:
+    """One run: summary, FLOPs, memory, config, timeline. Several: a comparison first."""
+    out = []
+    if len(reports) > 1:
+        out += [f"# lsml-tui: {len(reports)} runs compared", "",
+                table(["", *[r["id"] for r in reports]], comparison_rows(reports)), ""]
+    for r in reports:
+        out += _run(r, level="##" if len(reports) > 1 else "#")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _run(r: dict, level: str) -> list[str]:
+    partial = " (partial: the run was still going)" if r["partial"] else ""
+    out = [f"{level} Run {r['id']}{partial}", "",
+           f"{r['model']}, {r['optimizer']}, norm {r['norm']} on {r['device'] or 'N/A'}; "
+           f"status **{r['status']}**; started {r['created']}", "",
+           f"{level}# Summary", "", table(["metric", "value"], summary_rows(r)), ""]
+    if r["flops"]:
+        out += [f"{level}# FLOPs per step", "",
+                table(["module", "forward", "backward", "bwd/fwd", "share"], flops_rows(r)), ""]
+    if r["memory"]:
+        m = r["memory"]
+        out += [f"{level}# Memory", "",
+                table(["part", "bytes"],
+                      [["parameters", nbytes(m["param_bytes"])],
+                       ["gradients", nbytes(m["grad_bytes"])],
+                       ["optimizer state", nbytes(m["optimizer_state_bytes"])],
+                       ["saved activations (latest / peak)",
+                        f"{nbytes(m['saved_activation_bytes'])} / "
+                        f"{nbytes(m['peak_saved_activation_bytes'])}"]]
+                      + [[f"saved by {k}", nbytes(v)] for k, v in m["saved_bytes_per_module"].items()]),
+                ""]
+    if r["timing"]:
+        phases = r["timing"]["phase_seconds"]
+        out += [f"{level}# Step time by phase (latest sample)", "",
+                table(["phase", "time"], [[k, milliseconds(v)] for k, v in phases.items()]), ""]
+    out += [f"{level}# Config", "", table(["key", "value"], config_rows(r)), "",
+            f"{level}# Timeline", ""]
+    out += [f"- {e['text']}" for e in r["timeline"]] or ["- (no events recorded)"]
+    return out + [""]
