@@ -35,6 +35,8 @@ def test_resolve_fills_model_and_optimizer_defaults():
     ({"model": "transformer", "width": 64, "heads": 5}, ["--heads 5", "divide"]),
     ({"clip": -2.0}, ["--clip", "'off'"]),
     ({"device": "tpu"}, ["tpu", "cuda"]),
+    ({"on_diverge": "paws"}, ["--on-diverge 'paws'", "stop, pause, skip", "did you mean 'pause'"]),
+    ({"skip_limit": 0}, ["--skip-limit 0", ">= 1"]),
 ])
 def test_bad_values_are_refused_with_what_is_allowed(changes, words):
     with pytest.raises(ConfigError) as e:
@@ -53,6 +55,7 @@ def test_bad_values_are_refused_with_what_is_allowed(changes, words):
     (["--model", "resnet9000"], ["resnet9000", "mlp, cnn"]),
     (["--optimizer", "adamm"], ["did you mean 'adam'"]),
     (["--bogus-flag"], ["--bogus-flag"]),
+    (["--on-diverge", "never"], ["--on-diverge 'never'", "stop, pause, skip"]),
 ])
 def test_cli_refuses_bad_input_with_one_line_exit_2_and_writes_nothing(tmp_path, argv, words):
     runs = tmp_path / "runs"
@@ -125,3 +128,11 @@ def test_ui_side_modules_do_not_import_torch():
             " print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_divergence_pauses_the_dashboard_and_stops_a_headless_run():
+    from lsml_tui.tui.cli import build_parser, config_from_args
+    assert config_from_args(build_parser().parse_args([])).on_diverge == "pause"
+    assert config_from_args(build_parser().parse_args(["--headless"])).on_diverge == "stop"
+    chosen = build_parser().parse_args(["--on-diverge", "skip"])
+    assert config_from_args(chosen).on_diverge == "skip"

@@ -128,6 +128,23 @@ def test_export_writes_a_partial_report_of_the_live_run(tmp_path):
     scenario(config(tmp_path), body)
 
 
+def test_divergence_pauses_then_lower_lr_rewind_and_resume_from_the_keyboard(tmp_path):
+    cfg = config(tmp_path, optimizer="sgd", lr=1e6, clip=None, on_diverge="pause", snapshot_every=5)
+
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["status"] == "diverged: paused", what="divergence")
+        stuck = status(app)["step"]
+        await type_value(pilot, app, "l", "0.001")
+        await until(pilot, lambda: applied(app, "lr 0.001"), what="the new lr")
+        await pilot.press("w")
+        await until(pilot, lambda: applied(app, "rewind"), what="the rewind")
+        await pilot.press("space")
+        await until(pilot, lambda: status(app)["step"] > stuck + 20, what="training again")
+        assert status(app)["status"] == "training"
+        assert any("diverged" in line for line in app.query_one(EventsPanel).history)
+    scenario(cfg, body)
+
+
 def test_pause_single_step_resume(tmp_path):
     async def body(app, pilot):
         await until(pilot, lambda: status(app)["step"] > 10, what="steps")

@@ -2,14 +2,17 @@
 
 import re
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from lsml_tui.trainer.store import list_runs
+from lsml_tui.trainer.store import DB_NAME, list_runs
 
 TMUX = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
@@ -105,3 +108,64 @@ def test_train_headless_then_open_export_and_list_in_tmux(tmp_path):
     listing = subprocess.run([sys.executable, "-m", "lsml_tui.tui.cli", "runs", "--runs-dir",
                               str(runs)], capture_output=True, text=True, check=True).stdout
     assert run.id in listing and "finished" in listing
+
+
+def start_dashboard(tmp_path, name):
+    """lsml-tui in tmux on a long MLP run; after it exits the shell writes the exit status
+    and the terminal's mode (raw mode left on would show as -icanon -echo)."""
+    session = f"lsml-{name}-{tmp_path.name}"[:40]
+    runs, after = tmp_path / "runs", tmp_path / "after"
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+         f"{sys.executable} -m lsml_tui.tui.cli --model mlp --layers 1 --width 16 "
+         f"--steps 1000000 --runs-dir {runs}; echo $? > {after}.rc; stty -a > {after}")
+    wait_for(session, lambda t: step_on(t) > 30, "steps to advance")
+    return session, runs, after
+
+
+def trainer_and_ui(runs):
+    """The trainer's pid is in the run store; the dashboard is its parent."""
+    (db,) = runs.glob(f"*/{DB_NAME}")
+    con = sqlite3.connect(db)
+    pid, = con.execute("SELECT pid FROM run").fetchone()
+    con.close()
+    trainer = psutil.Process(pid)
+    return trainer, trainer.parent()
+
+
+def wait_gone(process, timeout=30.0) -> bool:
+    try:
+        process.wait(timeout)
+        return True
+    except psutil.TimeoutExpired:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_to_the_dashboard_records_interrupted_and_leaves_no_orphan(tmp_path, sig):
+    session, runs, after = start_dashboard(tmp_path, "sig")
+    try:
+        trainer, ui = trainer_and_ui(runs)
+        ui.send_signal(sig)
+        assert wait_gone(ui) and wait_gone(trainer), "a process outlived the signal"
+        deadline = time.time() + 10
+        while not after.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        mode = after.read_text()
+    finally:
+        tmux("kill-session", "-t", session)
+    run, = list_runs(runs)
+    assert run.status == "interrupted"
+    assert int(Path(f"{after}.rc").read_text()) == 128 + sig
+    assert " icanon" in mode and " echo" in mode                 # the terminal is restored
+
+
+def test_a_killed_dashboard_takes_its_trainer_down_with_the_run_recorded(tmp_path):
+    session, runs, after = start_dashboard(tmp_path, "kill")
+    try:
+        trainer, ui = trainer_and_ui(runs)
+        ui.send_signal(signal.SIGKILL)
+        assert wait_gone(trainer), "the trainer outlived its dashboard"
+    finally:
+        tmux("kill-session", "-t", session)
+    run, = list_runs(runs)
+    assert run.status == "interrupted" and run.steps > 30

@@ -17,7 +17,7 @@ from lsml_tui.trainer.events import CommandApplied, FlopTable, MemorySample, Run
 from lsml_tui.trainer.store import DB_NAME, RunStore, list_runs, open_run
 from lsml_tui.tui.report import write_reports
 
-from conftest import run_cli, run_json
+from tests.conftest import run_cli, run_json
 
 DOCUMENTED_KEYS = {"id", "run_dir", "status", "partial", "model", "optimizer", "norm", "device",
                    "params", "created", "ended", "config", "summary", "flops", "memory", "timing",

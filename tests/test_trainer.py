@@ -44,11 +44,14 @@ class Recorder:
         return [e for e in self.events if isinstance(e, cls)]
 
 
-def run_with(cfg, plan=(), store=True):
+def run_with(cfg, plan=(), store=True, prepare=None):
+    """Run `cfg` to its end; `prepare(trainer)` may inject a fault before it starts."""
     rec = Recorder()
     st = new_store(cfg) if store else None
     trainer = Trainer(cfg, sink=rec, store=st, event_rate=float("inf"))  # the sink sees every step
     rec.trainer = trainer
+    if prepare:
+        prepare(trainer)
     for step, cmd in plan:
         rec.at(step, cmd)
     trainer.run()

@@ -52,11 +52,17 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Rewind:
+    """Restore the last good weights and optimizer state (kept every --snapshot-every steps)."""
+
+
+@dataclass(frozen=True)
 class CaptureTrace:
     steps: int = 5                      # torch.profiler over this many steps
 
 
-Command = SetOptimizer | SetNorm | SetLR | SetClip | Pause | Resume | SingleStep | Stop | CaptureTrace
+Command = (SetOptimizer | SetNorm | SetLR | SetClip | Pause | Resume | SingleStep | Stop | Rewind
+           | CaptureTrace)
 
 
 def describe(cmd: Command) -> str:

@@ -64,6 +64,12 @@ class RunConfig:
                              "timing, system load", "bool")
     sample_every: int = _f(100, "steps between profiling samples", "int")
     runs_dir: str = _f("runs", "where runs/<id>/ are written", "str")
+    on_diverge: str | None = _f(None, "when the loss turns NaN or Inf: stop (headless default), "
+                                "pause (dashboard default) or skip the step", "str")
+    skip_limit: int = _f(10, "skipped steps in a row (non-finite loss or gradients) before "
+                             "the run stops as diverged", "int")
+    snapshot_every: int = _f(100, "steps between in-memory copies of the last good weights "
+                                  "and optimizer state, for a rewind after divergence", "int")
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -232,7 +238,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"--weight-decay {wd} is out of range: must be a finite number >= 0")
     check_clip(cfg.clip)
 
-    for name in ("steps", "val_every", "val_batches", "sample_every"):
+    on_diverge = cfg.on_diverge if cfg.on_diverge is not None else "stop"
+    _one_of("on_diverge", on_diverge, specs.ON_DIVERGE)
+    for name in ("steps", "val_every", "val_batches", "sample_every", "skip_limit",
+                 "snapshot_every"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{flag(name)} {getattr(cfg, name)} is out of range: "
                               f"must be an integer >= 1")
@@ -245,7 +254,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError("--warmup-steps must be >= 0 and --decay-every >= 1")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"--device {cfg.device!r} is not one of: auto, cpu, cuda, cuda:N, mps")
-    return cfg.replace(norm=norm, lr=lr, weight_decay=wd, batch_size=batch,
+    return cfg.replace(norm=norm, lr=lr, weight_decay=wd, batch_size=batch, on_diverge=on_diverge,
                        warmup_steps=warmup, decay_every=decay, **hp)
 
 

@@ -61,6 +61,20 @@ class Diverged:
     step: int
     loss: float
     message: str
+    action: str = "stop"            # stop: the run ends | pause: it waits for a fix or a rewind
+
+
+@dataclass(frozen=True)
+class OutOfMemory:
+    step: int
+    message: str                    # what ran out, with a hint; the trainer pauses
+
+
+@dataclass(frozen=True)
+class RecordingProblem:
+    step: int
+    message: str                    # the store could not write (disk full, I/O error)
+    dropped: int                    # rows dropped so far because the buffer was full
 
 
 @dataclass(frozen=True)
@@ -144,7 +158,7 @@ class RunFinished:
 
 
 Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
-         | RunFailed | ClipEvent | NonFiniteGradients | FlopTable | LayerStats | MemorySample
+         | OutOfMemory | RecordingProblem | RunFailed | ClipEvent | NonFiniteGradients | FlopTable | LayerStats | MemorySample
          | TimingSample | SystemSample | TraceCaptured | RunFinished)
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 

@@ -19,11 +19,12 @@ from lsml_tui.profilers.system import SystemSampler
 from lsml_tui.profilers.trace import TraceCapture
 
 from .events import (ClipEvent, CommandApplied, CommandRefused, Coalescer, Diverged,
-                     NonFiniteGradients, RunFailed, RunFinished, RunStarted, StepMetrics,
-                     SystemSample, TraceCaptured, ValMetrics)
+                     NonFiniteGradients, OutOfMemory, RunFailed, RunFinished, RunStarted,
+                     StepMetrics, SystemSample, TraceCaptured, ValMetrics)
 from .models import build_model, num_params, set_norm
 from .optim import build_optimizer, lr_factor, rebuild_keeping_state, switch_optimizer
 from .profiling import NULL_PROBE, Profiler
+from .recovery import Snapshot, is_out_of_memory, oom_hint, release_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,6 +77,8 @@ class Trainer:
         self._trace: TraceCapture | None = None
         self._single_step = False
         self._stop = False
+        self._bad_in_row = 0                # skipped steps in a row (non-finite loss or grads)
+        self.snapshot = Snapshot(self)      # the last good state, for a rewind
 
     # -- the control API --------------------------------------------------------
 
@@ -167,6 +170,8 @@ class Trainer:
                     raise ConfigError("single step applies while paused; pause first")
                 self._single_step = True
                 return f"single step {self.step}", {}
+            case C.Rewind():
+                return self.snapshot.restore(self)
             case C.Stop():
                 self._stop = True
                 return f"stop requested before step {self.step}", {}
@@ -220,9 +225,14 @@ class Trainer:
                     break
                 if self.paused and not self._single_step:
                     continue                               # a pause just arrived: wait
-                if not self.advance():
-                    self.status = "diverged"
-                    break
+                try:
+                    if not self.advance():
+                        self.status = "diverged"
+                        break
+                except Exception as e:  # out of memory pauses; anything else fails the run
+                    if not is_out_of_memory(e):
+                        raise
+                    self._out_of_memory(e)
             else:
                 self.status = "finished"
                 if self.step % cfg.val_every:
@@ -249,10 +259,11 @@ class Trainer:
         False if the loss went non-finite. ``run`` calls it between commands;
         benchmarks call it to time exactly what a run does per step.
         """
+        before = self.step
         if not self._train_step():
             return False
         self._single_step = False
-        if self.step % self.cfg.val_every == 0:
+        if self.step != before and self.step % self.cfg.val_every == 0:
             self._validate()
         self.events.poll()
         return True
@@ -282,13 +293,11 @@ class Trainer:
         # clipping by a NaN norm never smears it over every gradient.
         loss_v, norm_v = torch.stack([loss.detach().float(), norm.float()]).tolist()
         if not math.isfinite(loss_v):
-            self.optimizer.zero_grad(set_to_none=True)
-            self._emit(Diverged(self.step, loss_v, f"loss became {loss_v} at step {self.step}; "
-                                f"try a lower --lr (now {lr:g}) or --clip"))
-            return False
+            return self._nonfinite_loss(loss_v, lr)
         if not math.isfinite(norm_v):
-            self._skip_step(loss_v, lr)
-            return True
+            name = first_nonfinite(self.param_names, self.params)
+            return self._skip(loss_v, lr, name or "?", f"non-finite gradient in {name} at step "
+                              f"{self.step}; update skipped")
         clipped = self.clip is not None and norm_v > self.clip
         if clipped:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, norm)
@@ -309,18 +318,53 @@ class Trainer:
         self._record(loss_v, lr, norm_v, norm_v * scale, clipped, self.cfg.batch_size / dt)
         self._advance_trace()
         self.step += 1
+        self._bad_in_row = 0
+        if self.step % self.cfg.snapshot_every == 0:
+            self.snapshot = Snapshot(self)
         return True
 
-    def _skip_step(self, loss: float, lr: float) -> None:
-        """Gradients went NaN or Inf with a finite loss: name the culprit, skip the update."""
-        name = first_nonfinite(self.param_names, self.params)
+    def _nonfinite_loss(self, loss: float, lr: float) -> bool:
+        """The loss is NaN or Inf and nothing was updated: stop, pause or skip (--on-diverge).
+
+        Stop and pause record nothing for this step, so the last recorded loss is finite.
+        """
+        action = self.cfg.on_diverge
+        if action == "skip":
+            return self._skip(loss, lr, "(loss)", f"loss became {loss} at step {self.step}; "
+                              f"update skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+        what = f"loss became {loss} at step {self.step} (lr {lr:g})"
+        if action == "pause":
+            self.paused = True
+            self._emit(Diverged(self.step, loss, f"{what}; paused: lower the lr (l) or rewind to "
+                                f"step {self.snapshot.step} (w), then resume (space)", "pause"))
+            return True
+        self._emit(Diverged(self.step, loss, f"{what}; try a lower --lr or --clip, or "
+                            f"--on-diverge pause", "stop"))
+        return False
+
+    def _skip(self, loss: float, lr: float, culprit: str, message: str) -> bool:
+        """Skip this update (name the culprit); stop after --skip-limit skips in a row."""
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
-        self._emit(NonFiniteGradients(self.step, name or "?", loss,
-                                      f"non-finite gradient in {name} at step {self.step}; "
-                                      f"update skipped"))
+        self._bad_in_row += 1
+        self._emit(NonFiniteGradients(self.step, culprit, loss, message))
         self._record(loss, lr, float("nan"), float("nan"), False, 0.0)
         self.step += 1
+        if self._bad_in_row >= self.cfg.skip_limit:
+            self._emit(Diverged(self.step - 1, loss, f"{self._bad_in_row} steps in a row skipped "
+                                f"for non-finite values (--skip-limit {self.cfg.skip_limit}); "
+                                f"stopping", "stop"))
+            return False
+        return True
+
+    def _out_of_memory(self, error: BaseException) -> None:
+        """A step ran out of memory: free what it held, say so with a hint, and pause."""
+        release_memory(self)
+        self.paused, self._single_step = True, False
+        first_line = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        self._emit(OutOfMemory(self.step, f"out of memory at step {self.step} ({first_line}); "
+                               f"paused; {oom_hint(self.cfg)}"))
 
     def _advance_trace(self) -> None:
         if self._trace is not None:
@@ -336,7 +380,8 @@ class Trainer:
                 clipped: bool, eps: float) -> None:
         if self.initial_loss is None:
             self.initial_loss = loss
-        self.recent_losses.append(loss)
+        if math.isfinite(loss):
+            self.recent_losses.append(loss)
         if math.isfinite(grad_norm):
             self.last_grad_norm = grad_norm
         now = time.time()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 NORMS = ("none", "batch", "layer", "rms", "group")
+ON_DIVERGE = ("stop", "pause", "skip")     # what a non-finite loss does to the run
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import traceback
 
 
@@ -27,6 +28,7 @@ def worker_main(config: dict, config_toml: str, commands, events) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the UI owns Ctrl-C and sends Stop
     _redirect_output(os.devnull)                   # never write over the dashboard
+    from . import commands as C
     from .config import RunConfig
     from .events import RunFailed
     from .loop import Trainer
@@ -50,7 +52,17 @@ def worker_main(config: dict, config_toml: str, commands, events) -> None:
         while (cmd := commands.get()) is not None:
             trainer.submit(cmd)
 
+    def watch_parent(parent: int = os.getppid()) -> None:
+        """The dashboard died without stopping us (SIGKILL): end the run, leave no orphan."""
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        events.cancel_join_thread()          # nobody reads the events any more
+        trainer.submit(C.Stop())
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal or a kill: end cleanly
+        signal.signal(sig, lambda *_: trainer.submit(C.Stop()))
     threading.Thread(target=forward, name="command-forwarder", daemon=True).start()
+    threading.Thread(target=watch_parent, name="parent-watchdog", daemon=True).start()
     try:
         trainer.run()
     finally:

@@ -8,6 +8,7 @@ the panels that changed: the screen never redraws per event.
 from __future__ import annotations
 
 import asyncio
+import signal
 
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -39,6 +40,8 @@ class LsmlApp(App):
         Binding("c", "set_clip", "clip", tooltip="Set the clip threshold, or off"),
         Binding("space", "toggle_pause", "pause", tooltip="Pause or resume training"),
         Binding("s", "single_step", "step", tooltip="One step while paused"),
+        Binding("w", "rewind", "rewind", show=False,
+                tooltip="Rewind to the last good weights and optimizer state"),
         Binding("t", "trace", "trace", tooltip="Capture a torch.profiler trace of 5 steps"),
         Binding("e", "export", "export", tooltip="Write HTML, Markdown, JSON and CSV reports"),
         Binding("m", "pick_model", "model", tooltip="Restart with another model"),
@@ -47,6 +50,7 @@ class LsmlApp(App):
         Binding("v", "toggle_smooth", "EMA", show=False, tooltip="Smooth the training loss"),
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
     ]
 
     def __init__(self, cfg: RunConfig, bridge_factory=TrainerBridge, replay_of: str | None = None):
@@ -59,6 +63,7 @@ class LsmlApp(App):
         self.run_dir: str | None = replay_of
         self.read_only = replay_of is not None  # a recorded run: nothing to command
         self._replay_done = False
+        self.return_signal: int | None = None
         self._crash_reported = False
         self._swapping = False      # panels are being rebuilt: the timer waits
 
@@ -75,9 +80,17 @@ class LsmlApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):   # as q: stop, record, exit
+            loop.add_signal_handler(sig, self.on_signal, sig)
         self.start_trainer()
         self.set_interval(1 / REDRAW_HZ, self.tick)
         self.tick()
+
+    def on_signal(self, sig: int) -> None:
+        """SIGTERM, SIGHUP or SIGINT: quit as q does; the shell sees 128 + the signal."""
+        self.return_signal = sig
+        self.call_later(self.action_quit)
 
     def on_resize(self, event) -> None:
         self.screen.set_class(event.size.width < 100, "narrow")
@@ -194,7 +207,10 @@ class LsmlApp(App):
         self._ask("Clip threshold (> 0, or off)", "off" if clip is None else f"{clip:g}", parse)
 
     def action_toggle_pause(self) -> None:
-        self.send(C.Resume() if self.status == "paused" else C.Pause())
+        self.send(C.Resume() if self.status.endswith("paused") else C.Pause())
+
+    def action_rewind(self) -> None:
+        self.send(C.Rewind())
 
     def action_single_step(self) -> None:
         self.send(C.SingleStep())

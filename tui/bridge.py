@@ -34,6 +34,7 @@ class TrainerBridge:
                                    args=(cfg.to_dict(), to_toml(cfg), self._commands,
                                          self._events))
         self.ended = False      # the trainer said it is done (None on the queue)
+        self._stopped = False
 
     def start(self) -> "TrainerBridge":
         self.process.start()
@@ -65,6 +66,9 @@ class TrainerBridge:
     def stop(self, timeout: float = 10.0) -> list:
         """Ask the trainer to stop and wait (kill it if it does not go); return its last events."""
         last: list = []
+        if self._stopped:
+            return last
+        self._stopped = True
         if self.process.is_alive():
             self._commands.put(C.Stop())
             self._commands.put(None)

@@ -52,6 +52,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if name in args:
             raw = getattr(args, name)
             values[name] = raw if f.metadata["kind"] == "bool" else parse_value(name, raw)
+    if "headless" not in args:
+        values.setdefault("on_diverge", "pause")    # a person is watching: let them fix it
     return resolve(RunConfig(**values))
 
 
@@ -59,10 +61,14 @@ def run_dashboard(cfg: RunConfig) -> int:
     """Open the dashboard; the trainer runs in its own process. No torch in this one."""
     from lsml_tui.tui.app import LsmlApp
     app = LsmlApp(cfg)
-    status = app.run()
+    try:
+        status = app.run()
+    finally:                    # however the app ended, the trainer does not outlive it
+        if app.bridge is not None:
+            app.bridge.stop()
     if app.run_dir:
         print(f"{PROG}: run {status or 'ended'}; stored in {app.run_dir}", file=sys.stderr)
-    return 0
+    return 128 + app.return_signal if app.return_signal else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,10 @@ def describe(e) -> str:
             return f"step {e.step}: {e.message}"
         case E.Diverged():
             return f"step {e.step}: diverged: {e.message}"
+        case E.OutOfMemory():
+            return f"step {e.step}: {e.message}"
+        case E.RecordingProblem():
+            return f"step {e.step}: recording: {e.message} ({e.dropped:,} rows dropped so far)"
         case E.RunFailed():
             return f"step {e.step}: trainer failed: {e.error}"
         case E.TraceCaptured():

@@ -65,6 +65,7 @@ trainer between two steps; the loss panel marks the step where it took effect.
 | `c` | set the gradient-clipping threshold, or `off` |
 | `space` | pause / resume |
 | `s` | one step while paused |
+| `w` | rewind to the last good weights and optimizer state (after a divergence) |
 | `t` | capture a torch.profiler trace of the next 5 steps |
 | `e` | export reports (HTML, Markdown, JSON, CSV) into the run directory |
 | `m` | restart with another model |

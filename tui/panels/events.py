@@ -8,14 +8,15 @@ from rich.markup import escape
 from textual.widgets import RichLog
 
 from lsml_tui.trainer.events import (ClipEvent, CommandApplied, CommandRefused, Diverged,
-                                     NonFiniteGradients, RunFailed, RunFinished, RunStarted,
-                                     TraceCaptured)
+                                     NonFiniteGradients, OutOfMemory, RecordingProblem,
+                                     RunFailed, RunFinished, RunStarted, TraceCaptured)
 
 from ..format import describe
 
 
 STYLES = {RunStarted: "bold", CommandApplied: "green", CommandRefused: "yellow",
           NonFiniteGradients: "yellow", Diverged: "bold red", RunFailed: "bold red",
+          OutOfMemory: "bold red", RecordingProblem: "yellow",
           TraceCaptured: "cyan", RunFinished: "bold"}
 SHOWN = tuple(STYLES)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from lsml_tui.trainer.events import (CommandApplied, RunFailed, RunFinished, RunStarted,
-                                     StepMetrics)
+from lsml_tui.trainer.events import (CommandApplied, Diverged, OutOfMemory, RunFailed,
+                                     RunFinished, RunStarted, StepMetrics)
 
 
 class StatusLine(Static):
@@ -41,6 +41,10 @@ class StatusLine(Static):
             s["status"] = e.status
         elif isinstance(e, RunFailed):
             s["status"] = "failed"
+        elif isinstance(e, Diverged) and e.action == "pause":
+            s["status"] = "diverged: paused"
+        elif isinstance(e, OutOfMemory):
+            s["status"] = "out of memory: paused"
         else:
             return
         self.dirty = True

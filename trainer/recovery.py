@@ -1,0 +1,63 @@
+"""Getting a run back after a fault: the last good state in memory, and out-of-memory.
+
+A ``Snapshot`` is taken every ``--snapshot-every`` steps after a finite step
+(weights and optimizer state, cloned on the device they live on: a copy costs
+one pass over the parameters, nothing is written to disk). ``Rewind`` puts it
+back; the step counter goes on, so the store stays a record of what happened.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .config import ConfigError
+
+
+class Snapshot:
+    def __init__(self, trainer):
+        self.step = trainer.step
+        self.norm = trainer.norm
+        self.optimizer_name = trainer.optimizer_name
+        self.model_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        self.optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
+
+    def restore(self, trainer) -> tuple[str, dict]:
+        """Put the weights (and the optimizer state, if it is the same optimizer) back."""
+        if trainer.norm != self.norm:
+            raise ConfigError(f"the last good state (step {self.step}) has norm {self.norm}, "
+                              f"the model now has {trainer.norm}: switch the norm back first")
+        trainer.model.load_state_dict(self.model_state)
+        same = trainer.optimizer_name == self.optimizer_name
+        if same:
+            trainer.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+        else:                                   # another optimizer's state means nothing here
+            trainer.optimizer.state.clear()
+        state = "optimizer state restored" if same else \
+            f"{trainer.optimizer_name} state starts fresh (the snapshot was {self.optimizer_name})"
+        return (f"rewound weights to step {self.step}; {state}",
+                {"rewound_to": self.step, "optimizer_state": same})
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError text older builds and other devices raise."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(error, oom) or (isinstance(error, RuntimeError)
+                                      and "out of memory" in str(error).lower())
+
+
+def release_memory(trainer) -> None:
+    """Drop what the failed step held: gradients, and the allocator's cached blocks."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if trainer.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def oom_hint(cfg) -> str:
+    smaller = [f"--batch-size {max(1, cfg.batch_size // 2)}"]
+    if cfg.seq_len:
+        smaller.append(f"--seq-len {max(2, cfg.seq_len // 2)}")
+    if cfg.width:
+        smaller.append(f"--width {max(1, cfg.width // 2)}")
+    return "restart with less memory per step (m, or " + ", ".join(smaller) + ")"
