@@ -231,13 +231,67 @@ def test_m_restarts_with_another_model(tmp_path):
     scenario(config(tmp_path), body)
 
 
-@pytest.mark.parametrize("size", [(80, 24), (220, 60)])
-def test_layout_holds_from_80x24_to_large(tmp_path, size):
+@pytest.mark.parametrize("size", [(20, 5), (80, 24), (220, 60)])
+def test_layout_holds_from_tiny_to_large_and_recovers(tmp_path, size):
     async def body(app, pilot):
         await until(pilot, lambda: status(app)["step"] > 20, what="steps")
         await pilot.resize_terminal(*size)
-        await pilot.pause(0.6)
+        await pilot.pause(1.2)                      # two redraws at this size
+        drawn = app.query_one(LossPanel).train.count
         await pilot.resize_terminal(120, 40)
+        await until(pilot, lambda: app.query_one(LossPanel).train.count > drawn + 20,
+                    what="panels to keep filling")
         await pilot.pause(0.6)
         assert status(app)["status"] == "training"
+        assert app.query_one(LossPanel).size.width > 20      # the layout came back
     scenario(config(tmp_path), body)
+
+
+def test_thinning_keeps_every_non_step_event_and_the_last_step():
+    from lsml_tui.trainer.events import CommandApplied, StepMetrics
+    from lsml_tui.tui.bridge import thin
+    events = [StepMetrics(s, 1.0, 1e-3, 1.0, False, 1.0, float(s)) for s in range(1000)]
+    events.insert(500, CommandApplied(500, "lr 0.1", "lr 0.001 -> 0.1", {"lr": 0.1}))
+    kept, dropped = thin(events, budget=101)
+    steps = [e for e in kept if isinstance(e, StepMetrics)]
+    assert len(steps) == 101 and steps[-1].step == 999          # 100 evenly spaced + the last
+    assert [s.step for s in steps[:3]] == [0, 10, 20]            # stride 1000 / 100 = 10
+    assert any(isinstance(e, CommandApplied) for e in kept)
+    assert dropped == 1000 - 101 and thin(events[:50], 101) == (events[:50], 0)
+
+
+def test_a_flood_of_100k_events_a_second_keeps_the_dashboard_responsive(tmp_path):
+    from lsml_tui.trainer.events import RunStarted, StepMetrics
+    from lsml_tui.tui.bridge import ReplayBridge
+
+    class Flood(ReplayBridge):
+        """A fake producer: 100,000 step events for every second of wall time."""
+        def __init__(self, cfg):
+            super().__init__(cfg, [RunStarted(0, "flood", "", {}, 0, "cpu")])
+            self.t0, self.step = time.monotonic(), 0
+
+        def more(self):
+            due = int((time.monotonic() - self.t0) * 100_000)
+            out = [StepMetrics(s, 1.0 / (1 + s), 1e-3, 1.0, False, 1e5, s / 1e5)
+                   for s in range(self.step, due)]
+            self.step = due
+            return out
+
+    async def main():
+        app = LsmlApp(config(tmp_path), bridge_factory=Flood)
+        async with app.run_test(size=(140, 42)) as pilot:
+            redraws = []
+            loss = app.query_one(LossPanel)
+            original = loss.redraw
+            loss.redraw = lambda: (redraws.append(time.monotonic()), original())[1]
+            await pilot.pause(4.0)
+            await pilot.press("g")                       # a key during the flood is handled
+            await pilot.pause(0.6)
+            assert loss.log_scale is True
+            assert app.bridge.step >= 300_000            # the flood really ran
+            assert len(redraws) >= 4                     # frames kept coming (2 Hz timer)
+            assert app.thinned > 0 and any("thinned" in line
+                                           for line in app.query_one(EventsPanel).history)
+            assert len(loss.train) <= 2000 + 256 + 2 * 1000   # what a panel holds stays bounded
+            assert status(app)["step"] == app.bridge.step   # the last step always gets through
+    asyncio.run(main())

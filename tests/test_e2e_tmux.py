@@ -140,12 +140,15 @@ def wait_gone(process, timeout=30.0) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_signal_to_the_dashboard_records_interrupted_and_leaves_no_orphan(tmp_path, sig):
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGINT", "ctrl+c"])
+def test_a_signal_or_ctrl_c_records_interrupted_and_leaves_no_orphan(tmp_path, how):
     session, runs, after = start_dashboard(tmp_path, "sig")
     try:
         trainer, ui = trainer_and_ui(runs)
-        ui.send_signal(sig)
+        if how == "ctrl+c":
+            tmux("send-keys", "-t", session, "C-c")     # a key in raw mode, not a signal
+        else:
+            ui.send_signal(getattr(signal, how))
         assert wait_gone(ui) and wait_gone(trainer), "a process outlived the signal"
         deadline = time.time() + 10
         while not after.exists() and time.time() < deadline:
@@ -155,7 +158,8 @@ def test_a_signal_to_the_dashboard_records_interrupted_and_leaves_no_orphan(tmp_
         tmux("kill-session", "-t", session)
     run, = list_runs(runs)
     assert run.status == "interrupted"
-    assert int(Path(f"{after}.rc").read_text()) == 128 + sig
+    expected = 0 if how == "ctrl+c" else 128 + getattr(signal, how)   # as shells report it
+    assert int(Path(f"{after}.rc").read_text()) == expected
     assert " icanon" in mode and " echo" in mode                 # the terminal is restored
 
 

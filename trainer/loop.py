@@ -19,7 +19,7 @@ from lsml_tui.profilers.system import SystemSampler
 from lsml_tui.profilers.trace import TraceCapture
 
 from .events import (ClipEvent, CommandApplied, CommandRefused, Coalescer, Diverged,
-                     NonFiniteGradients, OutOfMemory, RunFailed, RunFinished, RunStarted,
+                     NonFiniteGradients, OutOfMemory, RecordingProblem, RunFailed, RunFinished, RunStarted,
                      StepMetrics, SystemSample, TraceCaptured, ValMetrics)
 from .models import build_model, num_params, set_norm
 from .optim import build_optimizer, lr_factor, rebuild_keeping_state, switch_optimizer
@@ -79,6 +79,9 @@ class Trainer:
         self._stop = False
         self._bad_in_row = 0                # skipped steps in a row (non-finite loss or grads)
         self.snapshot = Snapshot(self)      # the last good state, for a rewind
+        if store is not None:               # disk full, I/O errors: the user is told
+            store.on_problem = lambda message, dropped: self._emit(
+                RecordingProblem(self.step, message, dropped))
 
     # -- the control API --------------------------------------------------------
 

@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,13 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER, time REAL, kind TEXT, payload TEXT
 );
 """
+# Metric rows may be dropped when the disk is full and the buffer is at its bound; run
+# status and events never are.
+METRICS = {"INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?)": "steps",
+           "INSERT OR REPLACE INTO clips VALUES (?,?,?,?)": "clips",
+           "INSERT INTO samples (step, time, kind, payload) VALUES (?,?,?,?)": "samples",
+           "INSERT OR REPLACE INTO val VALUES (?,?,?)": "val"}
+SQL = {table: sql for sql, table in METRICS.items()}
 LIVE, FINAL = ("running",), ("finished", "diverged", "failed", "interrupted", "killed")
 DB_NAME, CONFIG_NAME = "run.sqlite", "config.toml"
 
@@ -97,12 +105,16 @@ def new_run_id(model: str) -> str:
 class RunStore:
     """Append-only writer for one run. All writes go through one thread."""
 
-    def __init__(self, run_dir: Path, flush_interval: float = 0.25):
+    def __init__(self, run_dir: Path, flush_interval: float = 0.25, max_pending: int = 200_000):
         self.run_dir = Path(run_dir)
         self.run_id = self.run_dir.name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._flush_interval = flush_interval
+        self.max_pending = max_pending      # rows held while writes fail (disk full)
         self.write_errors = 0
+        self.dropped: Counter = Counter()   # table -> metric rows dropped at the bound
+        self.on_problem = None              # called (message, rows dropped) from the writer
+        self._failing = False
         self._thread = threading.Thread(target=self._writer, name="run-store-writer", daemon=True)
         self._thread.start()
 
@@ -130,22 +142,22 @@ class RunStore:
 
     def record_step(self, step: int, t: float, loss: float, lr: float, grad_norm: float,
                     grad_norm_clipped: float, clipped: bool, examples_per_second: float) -> None:
-        self._queue.put(("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?)",
+        self._queue.put((SQL["steps"],
                          (step, t, loss, lr, grad_norm, grad_norm_clipped, int(clipped),
                           examples_per_second)))
 
     def record_clip(self, step: int, grad_norm: float, threshold: float, scale: float) -> None:
-        self._queue.put(("INSERT OR REPLACE INTO clips VALUES (?,?,?,?)",
+        self._queue.put((SQL["clips"],
                          (step, grad_norm, threshold, scale)))
 
     def record_sample(self, event) -> None:
         """A sampled profile (layers, memory, timing, flops, system) as JSON."""
-        self._queue.put(("INSERT INTO samples (step, time, kind, payload) VALUES (?,?,?,?)",
+        self._queue.put((SQL["samples"],
                          (event.step, time.time(), event_kind(event),
                           json.dumps(json_safe(event_payload(event)), default=_json_default))))
 
     def record_val(self, step: int, t: float, loss: float) -> None:
-        self._queue.put(("INSERT OR REPLACE INTO val VALUES (?,?,?)", (step, t, loss)))
+        self._queue.put((SQL["val"], (step, t, loss)))
 
     def record_event(self, event) -> None:
         self._queue.put(("INSERT INTO events (step, time, kind, payload) VALUES (?,?,?,?)",
@@ -173,7 +185,10 @@ class RunStore:
                     if item is None:
                         stop = True
                         break
-                    pending.append(item)
+                    if len(pending) >= self.max_pending and item[0] in METRICS:
+                        self.dropped[METRICS[item[0]]] += 1      # disk full for long: drop
+                    else:
+                        pending.append(item)
                     item = self._queue.get_nowait()
             except queue.Empty:
                 pass
@@ -181,13 +196,25 @@ class RunStore:
                 try:
                     _commit(con, pending)
                     pending = []
-                except sqlite3.Error:
+                    if self._failing:
+                        self._failing = False
+                        self._tell(f"recording resumed after {self.write_errors} failed writes")
+                except sqlite3.Error as e:
                     self.write_errors += 1  # keep the batch and retry on the next tick
+                    if not self._failing:
+                        self._failing = True
+                        self._tell(f"cannot write the run store ({e}); holding up to "
+                                   f"{self.max_pending:,} rows, then dropping metrics")
                     if stop:
                         break
             if not stop:
                 time.sleep(self._flush_interval / 4)  # gather a batch; bounds commit rate
         con.close()
+
+
+    def _tell(self, message: str) -> None:
+        if self.on_problem is not None:
+            self.on_problem(message, sum(self.dropped.values()))
 
 
 def _commit(con: sqlite3.Connection, items: list) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -20,12 +21,13 @@ from lsml_tui.trainer import specs
 from lsml_tui.trainer.config import ConfigError, RunConfig, check_clip, check_lr, resolve
 from lsml_tui.trainer.events import RunFinished, RunStarted
 
-from .bridge import TrainerBridge, prepare_processes
+from .bridge import TrainerBridge, prepare_processes, thin
 from .panels import (EventsPanel, FlopsPanel, GradientsPanel, LossPanel, MemoryPanel, StatusLine,
                      SystemPanel)
 from .screens import ChoiceScreen, HelpScreen, ValueScreen
 
 REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
+TICK_BUDGET = 20_000   # events handed to the panels per redraw; step metrics beyond are thinned
 MODEL_FIELDS = ("layers", "width", "heads", "seq_len", "cell", "activation", "residual", "text",
                 "norm", "batch_size")
 
@@ -64,6 +66,8 @@ class LsmlApp(App):
         self.read_only = replay_of is not None  # a recorded run: nothing to command
         self._replay_done = False
         self.return_signal: int | None = None
+        self.thinned = 0            # step metrics not drawn during a flood (all are stored)
+        self._thin_told = float("-inf")
         self._crash_reported = False
         self._swapping = False      # panels are being rebuilt: the timer waits
 
@@ -121,7 +125,13 @@ class LsmlApp(App):
         """Drain the trainer's events into the panels; redraw what changed."""
         if self._swapping:
             return
-        events = self.bridge.drain() if self.bridge else []
+        events, dropped = thin(self.bridge.drain() if self.bridge else [], TICK_BUDGET)
+        self.thinned += dropped
+        if self.thinned and time.monotonic() - self._thin_told > 10:   # say so, not too often
+            self._thin_told = time.monotonic()
+            self.query_one(EventsPanel).say(
+                f"the dashboard thinned {self.thinned:,} step points to keep up; "
+                f"the run store has every step", "yellow")
         panels = self.panels
         for e in events:
             if isinstance(e, RunFinished):

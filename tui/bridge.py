@@ -13,6 +13,7 @@ from multiprocessing import resource_tracker
 
 from lsml_tui.trainer import commands as C
 from lsml_tui.trainer.config import RunConfig, to_toml
+from lsml_tui.trainer.events import StepMetrics
 from lsml_tui.trainer.worker import worker_main
 
 
@@ -20,6 +21,25 @@ def prepare_processes() -> None:
     """Start multiprocessing's resource tracker now, before Textual takes over stdio
     (started later, it is handed Textual's stderr stand-in, which has no file descriptor)."""
     resource_tracker.ensure_running()
+
+
+def thin(events: list, budget: int) -> tuple[list, int]:
+    """At most about `budget` events for the panels: every event that is not a step metric,
+    and evenly spaced step metrics (always the last). Returns (kept, step metrics dropped).
+
+    A flood (a very fast trainer, a fake producer) then costs the UI a bounded amount of
+    work per redraw; the run store, written by the trainer, still has every step.
+    """
+    if len(events) <= budget:
+        return events, 0
+    steps = [i for i, e in enumerate(events) if isinstance(e, StepMetrics)]
+    room = max(1, budget - (len(events) - len(steps)))
+    if len(steps) <= room:
+        return events, 0
+    stride = len(steps) / room
+    keep = {steps[int(k * stride)] for k in range(room)} | {steps[-1]}
+    kept = [e for i, e in enumerate(events) if i in keep or not isinstance(e, StepMetrics)]
+    return kept, len(events) - len(kept)
 
 
 class TrainerBridge:
