@@ -65,6 +65,10 @@ Command = (SetOptimizer | SetNorm | SetLR | SetClip | Pause | Resume | SingleSte
            | CaptureTrace)
 
 
+# Commands that change how the model trains: the loss curve is marked where they applied.
+SWITCHES = ("optimizer", "norm", "lr", "clip")
+
+
 def describe(cmd: Command) -> str:
     """A short human label: 'optimizer adamw', 'lr 0.01', 'pause'."""
     match cmd:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
+from lsml_tui.trainer.commands import SWITCHES
 from lsml_tui.trainer.events import CommandApplied, StepMetrics, ValMetrics
 
 from ..series import EMA, Series
-
-SWITCHES = ("optimizer", "norm", "lr", "clip")
 
 
 class LossPanel(PlotextPlot):

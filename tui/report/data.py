@@ -13,13 +13,13 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from lsml_tui.trainer.commands import SWITCHES
 from lsml_tui.trainer.events import event_from_payload
 from lsml_tui.trainer.store import LIVE, RunInfo, open_run
 
 from ..format import describe
 
 SCHEMA_VERSION = 1
-SWITCHES = ("optimizer", "norm", "lr", "clip")     # commands that change the training
 PROFILES = ("FlopTable", "LayerStats", "MemorySample", "TimingSample", "SystemSample")
 MEMORY_PARTS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "saved_activation_bytes")
 FINAL_WINDOW = 10      # final_train_loss: mean of the last 10 finite losses, as the trainer's
