@@ -295,3 +295,16 @@ def test_a_flood_of_100k_events_a_second_keeps_the_dashboard_responsive(tmp_path
             assert len(loss.train) <= 2000 + 256 + 2 * 1000   # what a panel holds stays bounded
             assert status(app)["step"] == app.bridge.step   # the last step always gets through
     asyncio.run(main())
+
+
+def test_while_the_dashboard_thins_the_store_keeps_every_step(tmp_path, monkeypatch):
+    monkeypatch.setattr("lsml_tui.tui.app.TICK_BUDGET", 3)   # thin nearly everything
+    cfg = config(tmp_path, steps=400)
+
+    async def body(app, pilot):
+        await until(pilot, lambda: status(app)["status"] == "finished", what="the run to end")
+        assert app.thinned > 0
+        assert app.query_one(LossPanel).train.count < 400     # the UI drew fewer points
+        with open_run(app.run_dir) as r:
+            assert r.steps()["step"] == list(range(400))       # the store has them all
+    scenario(cfg, body)
