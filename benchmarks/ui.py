@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import gc
 import shutil
 import statistics
 import subprocess
@@ -109,7 +111,28 @@ class SyntheticBridge(ReplayBridge):
 MARKS = (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 3_000_000, 4_000_000)
 
 
-def streaming_memory(steps_at=MARKS[:5]) -> dict[str, float]:
+def clear_bounded_caches() -> int:
+    """Empty every size-bounded cache the UI's libraries keep (functools.lru_cache with a
+    maxsize, Textual's LRUCache and FIFOCache); return how many were cleared.
+
+    What these hold is capped by construction, so it fills and then stops growing; the
+    heap measured after clearing them is what the dashboard itself keeps.
+    """
+    from textual.cache import FIFOCache, LRUCache
+    cleared = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, functools._lru_cache_wrapper) and obj.cache_parameters()["maxsize"]:
+            obj.cache_clear()
+        elif isinstance(obj, (LRUCache, FIFOCache)):
+            obj.clear()
+        else:
+            continue
+        cleared += 1
+    return cleared
+
+
+def streaming_memory(steps_at=MARKS[:5], own: bool = False) -> dict[str, float]:
+    """The traced heap at each mark; with `own`, after emptying the bounded caches there."""
     cfg = resolve(RunConfig(model="mlp", runs_dir=tempfile.mkdtemp()))
     figures: dict[str, float] = {}
 
@@ -123,6 +146,9 @@ def streaming_memory(steps_at=MARKS[:5]) -> dict[str, float]:
                     app.tick()
                     tick = time.perf_counter() - t0
                     await pilot.pause()
+                if own:
+                    clear_bounded_caches()
+                    gc.collect()
                 figures[f"memory_at_{mark}"] = tracemalloc.get_traced_memory()[0]
                 figures[f"tick_seconds_at_{mark}"] = tick
             tracemalloc.stop()
@@ -159,6 +185,12 @@ def main() -> None:
     m = streaming_memory(marks)
     mems = "  ".join(f"{k // 1000}k: {m[f'memory_at_{k}'] / 2**20:.2f} MiB" for k in marks)
     print(f"UI memory streaming {marks[-1]:,} synthetic steps (traced Python heap): {mems}")
+    o = streaming_memory(marks, own=True)
+    own = "  ".join(f"{k // 1000}k: {o[f'memory_at_{k}'] / 2**20:.2f} MiB" for k in marks)
+    print(f"  a second stream, bounded caches emptied at each mark (what the dashboard itself "
+          f"keeps): {own}")
+    first, last = o[f"memory_at_{marks[0]}"], o[f"memory_at_{marks[-1]}"]
+    print(f"  own heap at {marks[-1]:,} / at {marks[0]:,} steps: {last / first:.3f}")
     print(f"one tick (20,000 new steps into every panel, then redraw): "
           f"{m[f'tick_seconds_at_{marks[0]}'] * 1e3:.0f} ms at {marks[0]:,}, "
           f"{m[f'tick_seconds_at_{marks[-1]}'] * 1e3:.0f} ms at {marks[-1]:,}")

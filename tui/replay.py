@@ -13,7 +13,7 @@ import heapq
 import itertools
 from pathlib import Path
 
-from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.config import FIELDS, RunConfig
 from lsml_tui.trainer.events import ClipEvent, StepMetrics, ValMetrics, event_from_payload
 from lsml_tui.trainer.store import open_run
 
@@ -62,4 +62,5 @@ class RecordedBridge(ReplayBridge):
 def replay_config(run_dir) -> RunConfig:
     """The run's config as it was stored, for the status line and the pickers."""
     with open_run(run_dir) as r:
-        return RunConfig(**r.info().config)
+        stored = r.info().config
+    return RunConfig(**{k: v for k, v in stored.items() if k in FIELDS})   # older/newer keys
