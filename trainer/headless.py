@@ -51,7 +51,7 @@ def run_headless(cfg: RunConfig, json_out: bool = False, progress: bool = True) 
     if json_out:
         print(json.dumps(summary), flush=True)
     else:
-        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
         console.print(f"{summary['status']}: {summary['steps']} steps, train loss "
                       f"{fmt(summary['initial_train_loss'])} -> {fmt(summary['final_train_loss'])}"
                       f", val {fmt(summary['final_val_loss'])}; stored in {summary['run_dir']}",

@@ -100,7 +100,7 @@ def print_runs(runs_dir: str) -> int:
                                        if final.get(key, first) != first else first)
         table.add_row(r.id, r.model, switched("optimizer", r.optimizer), switched("norm", r.norm),
                       f"{r.steps:,}",
-                      "N/A" if r.final_loss is None else f"{r.final_loss:.4f}", r.status,
+                      "N/A" if r.final_loss is None else f"{r.final_loss:.4g}", r.status,
                       datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M:%S"))
     console.print(table)
     return 0
