@@ -154,7 +154,10 @@ def dead_pid():
 
 def test_a_killed_run_reports_what_it_recorded(tmp_path):
     run_dir = hand_written_run(tmp_path, pid=dead_pid())
-    json_path, md_path = write_reports([run_dir], ["json", "md"], tmp_path / "out")
+    json_path, md_path, html_path = write_reports([run_dir], ["json", "md", "html"],
+                                                  tmp_path / "out")
+    html = html_path.read_text()
+    assert "optimizer sgd" in html[html.index("<svg"):html.index("</svg>")]   # the switch marker
     r, = json.loads(json_path.read_text())["runs"]
     s = r["summary"]
     assert (r["status"], r["partial"]) == ("killed", False)
