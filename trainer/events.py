@@ -158,8 +158,8 @@ class RunFinished:
 
 
 Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
-         | OutOfMemory | RecordingProblem | RunFailed | ClipEvent | NonFiniteGradients | FlopTable | LayerStats | MemorySample
-         | TimingSample | SystemSample | TraceCaptured | RunFinished)
+         | OutOfMemory | RecordingProblem | RunFailed | ClipEvent | NonFiniteGradients | FlopTable
+         | LayerStats | MemorySample | TimingSample | SystemSample | TraceCaptured | RunFinished)
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
 

@@ -19,8 +19,9 @@ from lsml_tui.profilers.system import SystemSampler
 from lsml_tui.profilers.trace import TraceCapture
 
 from .events import (ClipEvent, CommandApplied, CommandRefused, Coalescer, Diverged,
-                     NonFiniteGradients, OutOfMemory, RecordingProblem, RunFailed, RunFinished, RunStarted,
-                     StepMetrics, SystemSample, TraceCaptured, ValMetrics)
+                     NonFiniteGradients, OutOfMemory, RecordingProblem, RunFailed,
+                     RunFinished, RunStarted, StepMetrics, SystemSample, TraceCaptured,
+                     ValMetrics)
 from .models import build_model, num_params, set_norm
 from .optim import build_optimizer, lr_factor, rebuild_keeping_state, switch_optimizer
 from .profiling import NULL_PROBE, Profiler

@@ -211,8 +211,8 @@ class RunStore:
                 time.sleep(self._flush_interval / 4)  # gather a batch; bounds commit rate
         con.close()
 
-
     def _tell(self, message: str) -> None:
+        """Report a recording problem or its end (on the writer thread)."""
         if self.on_problem is not None:
             self.on_problem(message, sum(self.dropped.values()))
 

@@ -35,7 +35,7 @@ def _styled(chart):
     return draw
 
 
-def _num(value) -> float:
+def _nan_if_none(value) -> float:
     return math.nan if value is None else value
 
 
@@ -181,15 +181,16 @@ def system_chart(run: RunData) -> str:
     samples = run.samples["SystemSample"]
     fig, ax = _figure()
     steps = [s["step"] for s in samples]
-    ax.plot(steps, [_num(s["sample"].get("cpu_percent")) for s in samples], label="CPU %")
-    ax.plot(steps, [_num(s["sample"].get("process_cpu_percent")) for s in samples],
+    ax.plot(steps, [_nan_if_none(s["sample"].get("cpu_percent")) for s in samples], label="CPU %")
+    ax.plot(steps, [_nan_if_none(s["sample"].get("process_cpu_percent")) for s in samples],
             label="trainer CPU %")
     for g in range(max((len(s["sample"].get("gpus") or []) for s in samples), default=0)):
-        ax.plot(steps, [_num(_gpu(s, g).get("util_percent")) for s in samples],
+        ax.plot(steps, [_nan_if_none(_gpu(s, g).get("util_percent")) for s in samples],
                 label=f"GPU{g} util %")
     ax.set(xlabel="step", ylabel="%", title="System load")
     rss = ax.twinx()
-    rss.plot(steps, [_num(s["sample"].get("rss_bytes")) / 2**20 for s in samples], color="gray",
+    rss.plot(steps, [_nan_if_none(s["sample"].get("rss_bytes")) / 2**20 for s in samples],
+             color="gray",
              ls="--", label="trainer RSS")
     rss.set_ylabel("trainer RSS (MiB)")
     rss.ticklabel_format(axis="y", useOffset=False)
