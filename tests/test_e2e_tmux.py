@@ -112,12 +112,14 @@ def test_train_headless_then_open_export_and_list_in_tmux(tmp_path):
 
 def start_dashboard(tmp_path, name):
     """lsml-tui in tmux on a long MLP run; after it exits the shell writes the exit status
-    and the terminal's mode (raw mode left on would show as -icanon -echo)."""
+    and the terminal's mode (raw mode left on would show as -icanon -echo). The mode goes
+    to a temporary name first: the test must never read the file half written."""
     session = f"lsml-{name}-{tmp_path.name}"[:40]
     runs, after = tmp_path / "runs", tmp_path / "after"
     tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
          f"{sys.executable} -m lsml_tui.tui.cli --model mlp --layers 1 --width 16 "
-         f"--steps 1000000 --runs-dir {runs}; echo $? > {after}.rc; stty -a > {after}")
+         f"--steps 1000000 --runs-dir {runs}; echo $? > {after}.rc; "
+         f"stty -a > {after}.tmp; mv {after}.tmp {after}")    # whole, or not there yet
     wait_for(session, lambda t: step_on(t) > 30, "steps to advance")
     return session, runs, after
 
@@ -150,7 +152,7 @@ def test_a_signal_or_ctrl_c_records_interrupted_and_leaves_no_orphan(tmp_path, h
         else:
             ui.send_signal(getattr(signal, how))
         assert wait_gone(ui) and wait_gone(trainer), "a process outlived the signal"
-        deadline = time.time() + 10
+        deadline = time.time() + 30
         while not after.exists() and time.time() < deadline:
             time.sleep(0.1)
         mode = after.read_text()

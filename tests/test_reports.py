@@ -18,6 +18,7 @@ from lsml_tui.trainer.store import DB_NAME, RunStore, list_runs, open_run
 from lsml_tui.tui.report import write_reports
 
 from tests.conftest import run_cli, run_json
+from tests.test_dashboard import until
 
 DOCUMENTED_KEYS = {"id", "run_dir", "status", "partial", "model", "optimizer", "norm", "device",
                    "params", "created", "ended", "config", "summary", "flops", "memory", "timing",
@@ -223,10 +224,8 @@ def test_open_replays_a_run_read_only_with_every_panel_filled(two_runs):
     async def main():
         app = LsmlApp.replay(run_dir)
         async with app.run_test(size=(140, 42)) as pilot:
-            for _ in range(100):
-                if app.query_one(StatusLine).state["status"] == "finished (replay)":
-                    break
-                await pilot.pause(0.1)
+            await until(pilot, lambda: app.query_one(StatusLine).state["status"]
+                        == "finished (replay)", what="the replay to finish")
             loss = app.query_one(LossPanel)
             assert loss.train.count == info.steps and loss.val.count == len(val["step"])
             assert app.query_one("GradientsPanel").clip_count == len(clips["step"])
@@ -236,10 +235,8 @@ def test_open_replays_a_run_read_only_with_every_panel_filled(two_runs):
             await pilot.press("o")                               # no trainer: refused
             assert not isinstance(app.screen, ChoiceScreen)
             await pilot.press("e")
-            for _ in range(100):
-                if (report := Path(run_dir) / "report.json").exists():
-                    break
-                await pilot.pause(0.1)
+            report = Path(run_dir) / "report.json"             # renamed into place whole
+            await until(pilot, report.exists, what="the exported report")
             assert json.loads(report.read_text())["runs"][0]["id"] == info.id
             await pilot.press("q")
     asyncio.run(main())
