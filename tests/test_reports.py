@@ -216,7 +216,7 @@ def test_cli_report_runs_and_refusals(two_runs, tmp_path):
 def test_open_replays_a_run_read_only_with_every_panel_filled(two_runs):
     from lsml_tui.tui.app import LsmlApp
     from lsml_tui.tui.panels import FlopsPanel, LossPanel, MemoryPanel, StatusLine
-    from lsml_tui.tui.screens import ChoiceScreen
+    from lsml_tui.tui.screens import ChoiceScreen, ValueScreen
     run_dir = two_runs[0]
     with open_run(run_dir) as store:
         info, clips, val = store.info(), store.clips(), store.val()
@@ -232,8 +232,14 @@ def test_open_replays_a_run_read_only_with_every_panel_filled(two_runs):
             assert app.query_one(FlopsPanel).table is not None
             assert app.query_one(MemoryPanel).latest is not None
             assert app.query_one(StatusLine).state["status"] == "finished (replay)"
-            await pilot.press("o")                               # no trainer: refused
-            assert not isinstance(app.screen, ChoiceScreen)
+            def refusals():
+                return {n.identity for n in app._notifications if "read-only replay" in n.message}
+            for key in ("o", "n", "l", "c", "space", "w", "s", "t", "m", "r"):
+                before = refusals()                              # no trainer: each refused
+                await pilot.press(key)
+                assert not isinstance(app.screen, (ChoiceScreen, ValueScreen)), key
+                assert refusals() - before, f"{key} was not refused with a hint"
+            assert app.query_one(StatusLine).state["status"] == "finished (replay)"
             await pilot.press("e")
             report = Path(run_dir) / "report.json"             # renamed into place whole
             await until(pilot, report.exists, what="the exported report")

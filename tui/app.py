@@ -8,6 +8,7 @@ the panels that changed: the screen never redraws per event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 
@@ -30,6 +31,19 @@ REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
 TICK_BUDGET = 20_000   # events handed to the panels per redraw; step metrics beyond are thinned
 MODEL_FIELDS = ("layers", "width", "heads", "seq_len", "cell", "activation", "residual", "text",
                 "norm", "batch_size")
+
+
+def trains(action):
+    """A control that commands the trainer: a read-only replay has none, so it is refused
+    there with a hint on how to train the run's config again."""
+    @functools.wraps(action)        # Textual reads the action's signature through this
+    def guarded(self, *args):
+        if self.read_only:
+            self.notify(f"read-only replay; to train this config again: lsml-tui --config "
+                        f"{self.run_dir}/config.toml", severity="warning")
+            return None
+        return action(self, *args)  # an async action's coroutine is awaited by Textual
+    return guarded
 
 
 class LsmlApp(App):
@@ -157,31 +171,20 @@ class LsmlApp(App):
 
     # -- controls ---------------------------------------------------------------
 
-    def refused_read_only(self) -> bool:
-        """A replay has no trainer: say how to train again instead."""
-        if self.read_only:
-            self.notify(f"read-only replay; to train this config again: lsml-tui --config "
-                        f"{self.run_dir}/config.toml", severity="warning")
-        return self.read_only
-
     def send(self, cmd: C.Command) -> None:
-        if self.refused_read_only():
-            return
         if self.bridge is None or not self.bridge.process.is_alive() or self.final is not None:
             self.notify("the trainer is not running; press r to restart", severity="warning")
             return
         self.bridge.send(cmd)
 
+    @trains
     def action_pick_optimizer(self) -> None:
-        if self.refused_read_only():
-            return
         current = self.query_one(StatusLine).state["optimizer"]
         self.push_screen(ChoiceScreen("Optimizer", list(specs.OPTIMIZERS), current),
                          lambda name: name and self.send(C.SetOptimizer(name)))
 
+    @trains
     def action_pick_norm(self) -> None:
-        if self.refused_read_only():
-            return
         current = self.query_one(StatusLine).state["norm"]
         self.push_screen(ChoiceScreen(f"Normalization ({self.cfg.model})",
                                       list(specs.allowed_norms(self.cfg.model)), current),
@@ -197,18 +200,16 @@ class LsmlApp(App):
                 self.notify(str(e), severity="error")
         self.push_screen(ValueScreen(title, value), done)
 
+    @trains
     def action_set_lr(self) -> None:
-        if self.refused_read_only():
-            return
         def parse(text: str) -> C.SetLR:
             lr = float(text)
             check_lr(lr)
             return C.SetLR(lr)
         self._ask("Learning rate (> 0)", f"{self.query_one(StatusLine).state['lr']:g}", parse)
 
+    @trains
     def action_set_clip(self) -> None:
-        if self.refused_read_only():
-            return
         def parse(text: str) -> C.SetClip:
             value = None if text.lower() in ("off", "none") else float(text)
             check_clip(value)
@@ -216,15 +217,19 @@ class LsmlApp(App):
         clip = self.query_one(GradientsPanel).clip
         self._ask("Clip threshold (> 0, or off)", "off" if clip is None else f"{clip:g}", parse)
 
+    @trains
     def action_toggle_pause(self) -> None:
         self.send(C.Resume() if self.status.endswith("paused") else C.Pause())
 
+    @trains
     def action_rewind(self) -> None:
         self.send(C.Rewind())
 
+    @trains
     def action_single_step(self) -> None:
         self.send(C.SingleStep())
 
+    @trains
     def action_trace(self) -> None:
         self.send(C.CaptureTrace(steps=5))
 
@@ -255,10 +260,8 @@ class LsmlApp(App):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
+    @trains
     def action_pick_model(self) -> None:
-        if self.refused_read_only():
-            return
-
         async def switch(model: str | None) -> None:
             if not model:
                 return
@@ -267,9 +270,8 @@ class LsmlApp(App):
         self.push_screen(ChoiceScreen("Restart with model", list(specs.MODEL_CONFIGS),
                                       self.cfg.model), switch)
 
+    @trains
     async def action_restart(self) -> None:
-        if self.refused_read_only():
-            return
         if self.bridge is not None and self.bridge.process.is_alive() and self.final is None:
             self.notify("the trainer is running; press m to restart with another model")
             return
