@@ -68,9 +68,9 @@ def test_the_stored_config_reruns_the_same_run(runs_dir, tmp_path):
     assert again["final_train_loss"] == first["final_train_loss"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_an_unavailable_device_is_refused_before_anything_is_written(runs_dir):
-    proc = run_cli("--headless", "--device", "cuda", "--runs-dir", str(runs_dir))
+    missing = f"cuda:{torch.cuda.device_count()}"      # one past the last GPU, on any machine
+    proc = run_cli("--headless", "--device", missing, "--runs-dir", str(runs_dir))
     assert proc.returncode == 2
-    assert "--device 'cuda' is not available" in proc.stderr and "cpu" in proc.stderr
+    assert f"--device '{missing}' is not available" in proc.stderr and "cpu" in proc.stderr
     assert not runs_dir.exists()

@@ -1,8 +1,12 @@
 """Every live command, applied by the real trainer between steps and recorded in the store."""
 
+import json
 import queue
+import subprocess
+import sys
 import threading
 
+import pytest
 import torch
 
 from lsml_tui.trainer import commands as C
@@ -172,9 +176,24 @@ def test_single_step_while_running_is_refused(tmp_path):
 
 
 def test_same_seed_same_losses_on_cpu(tmp_path):
-    cfg = quick(tmp_path, steps=25, model="cnn", layers=2, width=8)
+    cfg = quick(tmp_path, steps=25, model="cnn", layers=2, width=8, device="cpu")
     losses = [[e.loss for e in run_with(cfg, store=False)[1].of(StepMetrics)] for _ in range(2)]
     assert len(losses[0]) == 25 and losses[0] == losses[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (cuDNN convolutions)")
+def test_deterministic_gives_the_same_losses_on_cuda(tmp_path):
+    """Without --deterministic, cuDNN may pick non-deterministic convolution kernels; with it,
+    two runs of one seed agree exactly. Run in a fresh process: the setting is process-wide."""
+    def losses():
+        out = subprocess.run([sys.executable, "-m", "lsml_tui.tui.cli", "--headless", "--json",
+                              "--no-progress", "--model", "cnn", "--device", "cuda", "--steps",
+                              "40", "--deterministic", "--runs-dir", str(tmp_path / "runs")],
+                             capture_output=True, text=True, check=True).stdout
+        with open_run(json.loads(out)["run_dir"]) as r:
+            return r.steps()["loss"]
+    first, second = losses(), losses()
+    assert len(first) == 40 and first == second
 
 
 def test_non_finite_loss_stops_as_diverged_and_keeps_the_last_finite_step(tmp_path):

@@ -64,10 +64,18 @@ class RunConfig:
                              "timing, system load", "bool")
     sample_every: int = _f(100, "steps between profiling samples", "int")
     runs_dir: str = _f("runs", "where runs/<id>/ are written", "str")
-    on_diverge: str | None = _f(None, "when the loss turns NaN or Inf: stop (headless default), "
-                                "pause (dashboard default) or skip the step", "str")
+    on_diverge: str | None = _f(None, "when the loss turns NaN or Inf or blows up: stop (headless "
+                                "default), pause (dashboard default) or skip the step (a finite "
+                                "blow-up has no step to skip: it stops)", "str")
     skip_limit: int = _f(10, "skipped steps in a row (non-finite loss or gradients) before "
                              "the run stops as diverged", "int")
+    diverge_factor: float | None = _f(10.0, "a finite loss diverges when its moving average "
+                                      "stays above this many times the initial loss, or 'off'",
+                                      "clip")
+    diverge_steps: int = _f(20, "steps in a row above --diverge-factor before the run is "
+                                "diverged", "int")
+    deterministic: bool = _f(False, "torch's deterministic algorithms (same seed, same losses "
+                                    "on CUDA too; slower)", "bool")
     snapshot_every: int = _f(100, "steps between in-memory copies of the last good weights "
                                   "and optimizer state, for a rewind after divergence", "int")
 
@@ -240,8 +248,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
     on_diverge = cfg.on_diverge if cfg.on_diverge is not None else "stop"
     _one_of("on_diverge", on_diverge, specs.ON_DIVERGE)
+    factor = cfg.diverge_factor
+    if factor is not None and not (math.isfinite(factor) and factor > 1):
+        raise ConfigError(f"--diverge-factor {factor} is out of range: must be a finite number "
+                          f"> 1, or 'off'")
     for name in ("steps", "val_every", "val_batches", "sample_every", "skip_limit",
-                 "snapshot_every"):
+                 "snapshot_every", "diverge_steps"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{flag(name)} {getattr(cfg, name)} is out of range: "
                               f"must be an integer >= 1")
@@ -285,8 +297,8 @@ def to_toml(cfg: RunConfig) -> str:
     lines = []
     for name, value in cfg.to_dict().items():
         if value is None:
-            if name == "clip":
-                lines.append('clip = "off"')
+            if FIELDS[name].metadata["kind"] == "clip":      # 'off' is a value, not a default
+                lines.append(f'{name} = "off"')
             continue
         if isinstance(value, bool):
             lines.append(f"{name} = {'true' if value else 'false'}")

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .config import RunConfig, to_toml
-from .events import StepMetrics
+from .events import Diverged, RunFailed, StepMetrics
 from .loop import Trainer, resolve_device
 from .store import RunStore
 
@@ -39,6 +39,11 @@ def run_headless(cfg: RunConfig, json_out: bool = False, progress: bool = True) 
         if steps:
             rate = len(steps) / max(1e-9, steps[-1].time - steps[0].time) if len(steps) > 1 else 0.0
             bar.update(task, completed=steps[-1].step + 1, loss=steps[-1].loss, rate=rate)
+        for e in batch:                     # why a run ended early, in words, above the bar
+            if isinstance(e, (Diverged, RunFailed)):
+                text = e.message if isinstance(e, Diverged) else f"failed at step {e.step}: {e.error}"
+                console.print(text,
+                              style="bold red", soft_wrap=True, highlight=False, markup=False)
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import queue
 import time
 import traceback
@@ -14,6 +15,7 @@ from . import commands as C
 from . import specs
 from .config import ConfigError, RunConfig, check_clip, check_lr, suggest
 from .data import build_task
+from .divergence import BlowUpWatch
 from lsml_tui.profilers.gradients import first_nonfinite
 from lsml_tui.profilers.system import SystemSampler
 from lsml_tui.profilers.trace import TraceCapture
@@ -44,12 +46,23 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def make_deterministic() -> None:
+    """Same seed, same losses on CUDA too: deterministic kernels only (cuDNN's convolution
+    autotuner off, a fixed cuBLAS workspace). An op with no deterministic kernel warns once
+    instead of failing the run. Process-wide, so it is for a trainer's own process."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 class Trainer:
     """Trains one run. ``submit`` is thread-safe; ``run`` blocks until the run ends."""
 
     def __init__(self, cfg: RunConfig, sink=None, store=None, final_loss_window: int = 10,
                  event_rate: float = 20.0):
         self.cfg = cfg
+        if cfg.deterministic:
+            make_deterministic()
         self.device = resolve_device(cfg.device)
         self.store = store
         self.events = Coalescer(sink or (lambda batch: None), max_rate=event_rate)
@@ -79,6 +92,7 @@ class Trainer:
         self._single_step = False
         self._stop = False
         self._bad_in_row = 0                # skipped steps in a row (non-finite loss or grads)
+        self.blow_up = BlowUpWatch(cfg.diverge_factor, cfg.diverge_steps)
         self.snapshot = Snapshot(self)      # the last good state, for a rewind
         if store is not None:               # disk full, I/O errors: the user is told
             store.on_problem = lambda message, dropped: self._emit(
@@ -175,7 +189,9 @@ class Trainer:
                 self._single_step = True
                 return f"single step {self.step}", {}
             case C.Rewind():
-                return self.snapshot.restore(self)
+                detail = self.snapshot.restore(self)
+                self.blow_up.reset()
+                return detail
             case C.Stop():
                 self._stop = True
                 return f"stop requested before step {self.step}", {}
@@ -323,9 +339,24 @@ class Trainer:
         self._advance_trace()
         self.step += 1
         self._bad_in_row = 0
-        if self.step % self.cfg.snapshot_every == 0:
-            self.snapshot = Snapshot(self)
+        blown_up = self.blow_up.observe(self.step - 1, loss_v, lr)
+        if blown_up:
+            return self._blown_up(loss_v, blown_up)
+        if self.step % self.cfg.snapshot_every == 0 and not self.blow_up.rising:
+            self.snapshot = Snapshot(self)          # never a state already on its way up
         return True
+
+    def _blown_up(self, loss: float, what: str) -> bool:
+        """The loss stayed finite but exploded (--diverge-factor): stop, or pause with a hint."""
+        step = self.step - 1                        # the step that was recorded last
+        if self.cfg.on_diverge == "pause":
+            self.paused = True
+            self._emit(Diverged(step, loss, f"{what}; paused: lower the lr (l) or rewind to "
+                                f"step {self.snapshot.step} (w), then resume (space)", "pause"))
+            return True
+        self._emit(Diverged(step, loss, f"{what}; try a lower --lr, or --diverge-factor off to "
+                            f"let it run", "stop"))
+        return False
 
     def _nonfinite_loss(self, loss: float, lr: float) -> bool:
         """The loss is NaN or Inf and nothing was updated: stop, pause or skip (--on-diverge).

@@ -1,4 +1,10 @@
-"""The events log: switches, clip events (aggregated), warnings and errors, with steps."""
+"""The events log: switches, warnings and errors, with steps; clipping as one line in place.
+
+Clipping can fire on half the steps of a healthy run, so it never floods the log:
+the log gets a line when a spell of clipping starts and when it stops (no clip for
+``QUIET`` steps), and the panel's bottom border says, updated in place, what share of
+the last ``WINDOW`` steps clipped and how large the norm got.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ from textual.widgets import RichLog
 
 from lsml_tui.trainer.events import (ClipEvent, CommandApplied, CommandRefused, Diverged,
                                      NonFiniteGradients, OutOfMemory, RecordingProblem,
-                                     RunFailed, RunFinished, RunStarted, TraceCaptured)
+                                     RunFailed, RunFinished, RunStarted, StepMetrics,
+                                     TraceCaptured)
 
 from ..format import describe
 
@@ -19,6 +26,51 @@ STYLES = {RunStarted: "bold", CommandApplied: "green", CommandRefused: "yellow",
           OutOfMemory: "bold red", RecordingProblem: "yellow",
           TraceCaptured: "cyan", RunFinished: "bold"}
 SHOWN = tuple(STYLES)
+WINDOW = 500            # steps the in-place clipping line summarises
+QUIET = 100             # steps without a clip that end a spell of clipping
+
+
+class ClipSpell:
+    """Clipping over the recent steps: when a spell starts and stops, and its share."""
+
+    def __init__(self):
+        self.recent: deque[tuple[int, float]] = deque()   # (step, norm) within WINDOW
+        self.step = -1                                    # the latest step seen
+        self.started: int | None = None                   # first step of the current spell
+        self.count = 0                                    # clips in the current spell
+
+    def clip(self, step: int, norm: float, threshold: float) -> list[str]:
+        """A clip event; returns the log lines it causes (a stale spell ends, a new starts)."""
+        lines = [self.see(step)]
+        self.recent.append((step, norm))
+        self.count += 1
+        if self.started is None:
+            self.started = step
+            lines.append(f"step {step}: clipping started (norm {norm:.3g} > {threshold:g})")
+        return [line for line in lines if line]
+
+    def see(self, step: int) -> str | None:
+        """A step went by; returns a log line if it ends a spell."""
+        self.step = max(self.step, step)
+        while self.recent and self.recent[0][0] <= self.step - WINDOW:
+            self.recent.popleft()
+        last = self.recent[-1][0] if self.recent else None
+        if self.started is not None and (last is None or self.step - last >= QUIET):
+            line = (f"step {self.step}: clipping stopped ({self.count:,} clipped since step "
+                    f"{self.started}; none in the last {QUIET} steps)")
+            self.started, self.count = None, 0
+            return line
+        return None
+
+    def summary(self) -> str:
+        """'clipped 48% of last 500 steps, norm ≤14.4' (it fits the panel's bottom border at
+        120 columns), or '' when nothing clipped in the window."""
+        if not self.recent:
+            return ""
+        span = min(WINDOW, self.step + 1)
+        share = 100 * len(self.recent) / span
+        top = max(n for _, n in self.recent)
+        return f"clipped {share:.0f}% of last {span} steps, norm ≤{top:.3g}"
 
 
 class EventsPanel(RichLog):
@@ -27,7 +79,7 @@ class EventsPanel(RichLog):
     def __init__(self, **kw):
         super().__init__(wrap=True, markup=True, max_lines=1000, **kw)
         self.border_title = "Events"
-        self._clips: list[int] = []              # clip steps not yet written
+        self.clipping = ClipSpell()
         self.history: deque[str] = deque(maxlen=1000)   # plain text of the lines shown
         self.dirty = False
 
@@ -37,25 +89,24 @@ class EventsPanel(RichLog):
 
     def add(self, e) -> None:
         if isinstance(e, ClipEvent):
-            self._clips.append(e.step)
-            self.dirty = True
+            self._lines(self.clipping.clip(e.step, e.grad_norm, e.threshold))
+            return
+        if isinstance(e, StepMetrics):
+            self._lines([self.clipping.see(e.step)])
             return
         if not isinstance(e, SHOWN):
             return
-        self._flush_clips()                  # keep the log in step order
         self.say(describe(e), STYLES[type(e)])
         if isinstance(e, RunFailed):
             for line in e.traceback.rstrip().splitlines()[-12:]:
                 self.say(line, "red")
             self.say("press r to start a new run", "bold")
 
-    def _flush_clips(self) -> None:
-        if self._clips:
-            a, b, n = self._clips[0], self._clips[-1], len(self._clips)
-            self.say(f"step {a}: clipped" if n == 1 else f"steps {a}-{b}: clipped {n} times",
-                     "dim")
-            self._clips = []
+    def _lines(self, lines: list) -> None:
+        self.dirty = True                    # the in-place line moves on
+        for text in filter(None, lines):
+            self.say(text, "dim")
 
     def redraw(self) -> None:
-        self._flush_clips()
+        self.border_subtitle = self.clipping.summary()
         self.dirty = False
