@@ -37,6 +37,12 @@ def test_resolve_fills_model_and_optimizer_defaults():
     ({"device": "tpu"}, ["tpu", "cuda"]),
     ({"on_diverge": "paws"}, ["--on-diverge 'paws'", "stop, pause, skip", "did you mean 'pause'"]),
     ({"skip_limit": 0}, ["--skip-limit 0", ">= 1"]),
+    ({"diverge_factor": 0.5}, ["--diverge-factor 0.5", "> 1", "'off'"]),
+    ({"workers": 0}, ["--workers 0", ">= 1"]),
+    ({"sync": "ring"}, ["--sync 'ring'", "allreduce, ps, bf16, powersgd"]),
+    ({"straggle": "exp:20"}, ["--straggle 'exp:20'", "rankN:DELAY", "us, ms or s"]),
+    ({"straggle": "exp:5ms,rank:3ms"}, ["'rank:3ms'"]),
+    ({"dist_timeout": 0.0}, ["--dist-timeout 0.0", "> 0"]),
 ])
 def test_bad_values_are_refused_with_what_is_allowed(changes, words):
     with pytest.raises(ConfigError) as e:
@@ -56,6 +62,9 @@ def test_bad_values_are_refused_with_what_is_allowed(changes, words):
     (["--optimizer", "adamm"], ["did you mean 'adam'"]),
     (["--bogus-flag"], ["--bogus-flag"]),
     (["--on-diverge", "never"], ["--on-diverge 'never'", "stop, pause, skip"]),
+    (["--workers", "0"], ["--workers 0", ">= 1"]),
+    (["--workers", "2", "--straggle", "slow"], ["--straggle 'slow'"]),
+    (["--workers", "2", "--sync", "gossip"], ["--sync 'gossip'", "ps"]),
 ])
 def test_cli_refuses_bad_input_with_one_line_exit_2_and_writes_nothing(tmp_path, argv, words):
     runs = tmp_path / "runs"

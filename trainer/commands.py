@@ -6,6 +6,8 @@ step at which it took effect.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 
 
@@ -83,3 +85,21 @@ def describe(cmd: Command) -> str:
         case CaptureTrace(steps=n):
             return f"trace {n} steps"
     return type(cmd).__name__.lower().replace("singlestep", "single step")
+
+
+COMMAND_TYPES = {cls.__name__: cls for cls in Command.__args__}
+
+
+def to_json(cmd: Command) -> str:
+    """A command as JSON, for the run store's commands table (``lsml-tui open`` on a live run)."""
+    return json.dumps({"kind": type(cmd).__name__, **dataclasses.asdict(cmd)})
+
+
+def from_json(text: str) -> Command:
+    """The inverse of ``to_json``; raises ValueError on anything else."""
+    try:
+        data = json.loads(text)
+        cls = COMMAND_TYPES[data.pop("kind")]
+        return cls(**data)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a command: {text[:80]!r} ({e})") from None

@@ -74,6 +74,14 @@ class RunConfig:
                                       "clip")
     diverge_steps: int = _f(20, "steps in a row above --diverge-factor before the run is "
                                 "diverged", "int")
+    workers: int = _f(1, "data-parallel ranks on this machine (torch.distributed: gloo on "
+                         "CPU, NCCL on CUDA); --batch-size is per rank", "int")
+    sync: str = _f("allreduce", "how ranks combine gradients: " + ", ".join(specs.SYNCS), "str")
+    straggle: str | None = _f(None, "injected delays before each backward: exp:20ms (every "
+                                    "rank, Exp-distributed), rank1:50ms (one slow rank); "
+                                    "comma-separated", "str")
+    dist_timeout: float = _f(60.0, "seconds a rank waits for the others in a collective before "
+                                   "the run fails (a dead or hung rank)", "float")
     deterministic: bool = _f(False, "torch's deterministic algorithms (same seed, same losses "
                                     "on CUDA too; slower)", "bool")
     snapshot_every: int = _f(100, "steps between in-memory copies of the last good weights "
@@ -266,8 +274,34 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError("--warmup-steps must be >= 0 and --decay-every >= 1")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"--device {cfg.device!r} is not one of: auto, cpu, cuda, cuda:N, mps")
+    if cfg.workers < 1:
+        raise ConfigError(f"--workers {cfg.workers} is out of range: must be an integer >= 1")
+    _one_of("sync", cfg.sync, specs.SYNCS)
+    if cfg.straggle is not None:
+        parse_straggle(cfg.straggle)
+    if not (math.isfinite(cfg.dist_timeout) and cfg.dist_timeout > 0):
+        raise ConfigError(f"--dist-timeout {cfg.dist_timeout} is out of range: must be a "
+                          f"number of seconds > 0")
     return cfg.replace(norm=norm, lr=lr, weight_decay=wd, batch_size=batch, on_diverge=on_diverge,
                        warmup_steps=warmup, decay_every=decay, **hp)
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def parse_straggle(text: str) -> tuple[tuple[int | None, float], ...]:
+    """'exp:20ms,rank1:50ms' -> ((None, 0.02), (1, 0.05)): None is every rank with an
+    Exp-distributed delay of that mean, an int is one rank with a fixed delay."""
+    out = []
+    for spec in (part.strip() for part in text.split(",")):
+        m = re.fullmatch(r"(exp|rank(\d+)):(\d+(?:\.\d*)?)(us|ms|s)", spec)
+        if not m:
+            raise ConfigError(f"--straggle {spec!r} is not a delay spec; allowed: exp:MEAN "
+                              f"(every rank, Exp-distributed) or rankN:DELAY, with a unit "
+                              f"us, ms or s (e.g. exp:20ms,rank1:50ms)")
+        seconds = float(m.group(3)) * _UNITS[m.group(4)]
+        out.append((None if m.group(1) == "exp" else int(m.group(2)), seconds))
+    return tuple(out)
 
 
 def check_lr(lr: float) -> None:

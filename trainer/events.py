@@ -151,6 +151,25 @@ class TraceCaptured:
 
 
 @dataclass(frozen=True)
+class DistSample:
+    step: int
+    world_size: int
+    sync: str                       # allreduce | ps | bf16 | powersgd
+    ranks: list                     # per rank: compute_s, comm_s, wait_s, step_s, ... (seconds)
+    slowest: int                    # the rank whose compute took longest
+    spread_s: float                 # slowest minus fastest step time
+    predicted_step_s: float | None  # mean own compute + E[max injected delay] (straggler model)
+    payload_bytes: float            # gradient bytes a rank handed to its comm hook
+    wire_bytes_per_rank: float | None   # what the algorithm sends per rank (formula)
+    busiest_link_bytes: float | None    # through the busiest link (rank 0's, parameter server)
+    algbw: float | None             # payload / exposed comm time, bytes/s
+    busbw: float | None             # algbw scaled by the algorithm's link factor
+    noise_scale: float | None       # B_simple = tr(Sigma) / |G|^2 (EMA estimates)
+    global_batch: int
+    replicas_agree: bool            # every rank's weights sum to the same float64
+
+
+@dataclass(frozen=True)
 class RunFinished:
     step: int
     status: str                     # finished | diverged | failed | interrupted
@@ -159,7 +178,8 @@ class RunFinished:
 
 Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
          | OutOfMemory | RecordingProblem | RunFailed | ClipEvent | NonFiniteGradients | FlopTable
-         | LayerStats | MemorySample | TimingSample | SystemSample | TraceCaptured | RunFinished)
+         | LayerStats | MemorySample | TimingSample | SystemSample | TraceCaptured | DistSample
+         | RunFinished)
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
 

@@ -15,6 +15,7 @@ from . import commands as C
 from . import specs
 from .config import ConfigError, RunConfig, check_clip, check_lr, suggest
 from .data import build_task
+from .distributed import Alone, data_seed
 from .divergence import BlowUpWatch
 from lsml_tui.profilers.gradients import first_nonfinite
 from lsml_tui.profilers.system import SystemSampler
@@ -59,7 +60,7 @@ class Trainer:
     """Trains one run. ``submit`` is thread-safe; ``run`` blocks until the run ends."""
 
     def __init__(self, cfg: RunConfig, sink=None, store=None, final_loss_window: int = 10,
-                 event_rate: float = 20.0):
+                 event_rate: float = 20.0, dp=None):
         self.cfg = cfg
         if cfg.deterministic:
             make_deterministic()
@@ -70,13 +71,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.task = build_task(cfg, self.device)
         self.model = build_model(cfg, self.task.model_fields).to(self.device).train()
+        self.dp = dp or Alone()             # one process, or one rank of N (distributed.py)
+        self.dp.attach(self._commands)
+        self.net = self.dp.wrap(self.model)  # what trains: the model, or DDP around it
         self._index_params()
         self.optimizer_name, self.norm = cfg.optimizer, cfg.norm
         self.base_lr, self.clip, self.weight_decay = cfg.lr, cfg.clip, cfg.weight_decay
         self.hparams = {k: getattr(cfg, k) for k in specs.OPTIMIZERS[cfg.optimizer].hparams}
         self.optimizer = build_optimizer(cfg.optimizer, self.model, cfg.lr, cfg.weight_decay,
                                          self.hparams)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(data_seed(cfg.seed, self.dp.rank))
         self.step = 0                       # the next step to train; also steps completed
         self.paused = False
         self.status = "running"
@@ -97,6 +101,7 @@ class Trainer:
         if store is not None:               # disk full, I/O errors: the user is told
             store.on_problem = lambda message, dropped: self._emit(
                 RecordingProblem(self.step, message, dropped))
+            store.watch_commands(self.submit)   # a dashboard that follows the run (open)
 
     # -- the control API --------------------------------------------------------
 
@@ -119,21 +124,16 @@ class Trainer:
         if self.store is not None and not isinstance(event, (StepMetrics, ValMetrics)):
             self.store.record_event(event)
 
+    def _waiting(self) -> bool:
+        return self.paused and not self._single_step and not self._stop
+
     def _drain_commands(self) -> None:
-        block = self.paused and not self._single_step and not self._stop
+        """Apply the commands due before this step; while paused, wait for more."""
         while True:
-            try:
-                if block:
-                    self.events.flush()                    # the UI sees 'paused' before we wait
-                    cmd = self._commands.get(timeout=0.5)
-                else:
-                    cmd = self._commands.get_nowait()
-            except queue.Empty:
-                if block and self.paused and not self._single_step and not self._stop:
-                    continue
+            for cmd in self.dp.commands(self._commands, self._waiting(), self.events.flush):
+                self._apply(cmd)
+            if not self._waiting():
                 return
-            self._apply(cmd)
-            block = False                                  # apply the rest, then re-check
 
     def _apply(self, cmd: C.Command) -> None:
         name = C.describe(cmd)
@@ -157,6 +157,7 @@ class Trainer:
                     raise ConfigError(f"norm is already {kind}")
                 old, slots = self.norm, set_norm(self.model, kind)
                 self.norm = kind
+                self.net = self.dp.wrap(self.model)        # DDP tracks the new parameters
                 self._index_params()
                 self.optimizer, kept = rebuild_keeping_state(
                     self.optimizer, self.optimizer_name, self.model, self.base_lr,
@@ -255,13 +256,15 @@ class Trainer:
                     self._out_of_memory(e)
             else:
                 self.status = "finished"
-                if self.step % cfg.val_every:
+                if self.step % cfg.val_every and self.dp.recorder:
                     self._validate()
         except KeyboardInterrupt:
             self.status = "interrupted"
         except Exception as e:  # a fault becomes an event; what was recorded stays
             self.status = "failed"
             self._emit(RunFailed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
+        if self.status != "failed":             # every rank got here at the same step
+            self.dp.finish(self)
         if sampler is not None:
             sampler.stop()
         if self._trace is not None:
@@ -283,7 +286,7 @@ class Trainer:
         if not self._train_step():
             return False
         self._single_step = False
-        if self.step != before and self.step % self.cfg.val_every == 0:
+        if self.step != before and self.step % self.cfg.val_every == 0 and self.dp.recorder:
             self._validate()
         self.events.poll()
         return True
@@ -296,22 +299,26 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         probe = self.profiler.probe(self.step, self.norm)   # a no-op on most steps
+        half = self.cfg.sample_every // 2           # ranks are timed between profiler samples
+        self.dp.begin(self.step, self.step % self.cfg.sample_every == half)
         x, y = self.task.batch("train", self.cfg.batch_size, self.gen)
         probe.mark("data")
         with probe.counting(x):                             # FLOPs, once per model shape
             with probe.saving():                            # saved activations, sampled
-                loss = self.task.loss(self.model(x), y)
+                loss = self.task.loss(self.net(x), y)
             probe.end_forward()
             probe.mark("forward")
-            loss.backward()
+            self.dp.before_backward()                       # an injected straggler delay
+            loss.backward()                                 # DDP averages gradients here
         probe.mark("backward")
         probe.after_backward(self.params)
         grads = [p.grad for p in self.params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)         # global L2 norm, pre-clip
         # One read-back per step (a device sync on GPU), before clipping and the
         # update, so a non-finite loss or gradient never reaches the weights and
-        # clipping by a NaN norm never smears it over every gradient.
-        loss_v, norm_v = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        # clipping by a NaN norm never smears it over every gradient. With N ranks
+        # the loss is their mean (one small all-reduce) and every rank decides alike.
+        loss_v, norm_v = self.dp.read_back(loss, norm)
         if not math.isfinite(loss_v):
             return self._nonfinite_loss(loss_v, lr)
         if not math.isfinite(norm_v):
@@ -339,6 +346,7 @@ class Trainer:
         self._advance_trace()
         self.step += 1
         self._bad_in_row = 0
+        self.dp.end_step(self)                              # sampled: every rank's timings
         blown_up = self.blow_up.observe(self.step - 1, loss_v, lr)
         if blown_up:
             return self._blown_up(loss_v, blown_up)
@@ -461,4 +469,5 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "steps_per_second": self.step / self.train_seconds if self.train_seconds else None,
             **self.profiler.summary(),
+            **self.dp.summary(),
         }

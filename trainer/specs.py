@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 NORMS = ("none", "batch", "layer", "rms", "group")
 ON_DIVERGE = ("stop", "pause", "skip")     # what a non-finite loss does to the run
+# How data-parallel ranks combine gradients: DDP's ring all-reduce, a synchronous
+# parameter server (gather to rank 0, average, scatter back), DDP's compression hooks.
+SYNCS = ("allreduce", "ps", "bf16", "powersgd")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from .commands import from_json, to_json
 from .events import event_kind, event_payload
 
 SCHEMA_VERSION = 1
@@ -49,6 +50,12 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER, time REAL, kind TEXT, payload TEXT
 );
 """
+# Commands for a live run from a dashboard that did not start it (lsml-tui open): the
+# dashboard inserts, the run's recorder polls. The only table another process writes.
+COMMANDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS commands (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, payload TEXT);
+"""
+COMMAND_POLL = 0.25     # seconds between the recorder's looks at the commands table
 # Metric rows may be dropped when the disk is full and the buffer is at its bound; run
 # status and events never are.
 METRICS = {"INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?)": "steps",
@@ -115,19 +122,24 @@ class RunStore:
         self.dropped: Counter = Counter()   # table -> metric rows dropped at the bound
         self.on_problem = None              # called (message, rows dropped) from the writer
         self._failing = False
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._writer, name="run-store-writer", daemon=True)
         self._thread.start()
 
     @classmethod
     def create(cls, runs_dir: str | os.PathLike, config: dict, config_toml: str,
-               flush_interval: float = 0.25) -> "RunStore":
-        """Make ``runs_dir/<id>/`` with its database and config; return the open store."""
-        run_dir = Path(runs_dir) / new_run_id(config["model"])
-        run_dir.mkdir(parents=True, exist_ok=False)
+               flush_interval: float = 0.25, run_dir: str | os.PathLike | None = None
+               ) -> "RunStore":
+        """Make ``runs_dir/<id>/`` (or `run_dir`, chosen by a launcher) with its database and
+        config; return the open store."""
+        run_dir = Path(run_dir) if run_dir else Path(runs_dir) / new_run_id(config["model"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if (run_dir / DB_NAME).exists():
+            raise FileExistsError(f"{run_dir} already holds a run")
         write_atomic(run_dir / CONFIG_NAME, config_toml)
         con = _connect(run_dir / DB_NAME)
         with con:
-            con.executescript(SCHEMA)
+            con.executescript(SCHEMA + COMMANDS_SCHEMA)
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             me = psutil.Process()
             con.execute(
@@ -170,9 +182,31 @@ class RunStore:
                          (status, ended, json.dumps(summary) if summary is not None else None)))
 
     def close(self) -> None:
-        """Commit everything queued and stop the writer."""
+        """Commit everything queued and stop the writer (and the command watcher)."""
+        self._closed.set()
         self._queue.put(None)
         self._thread.join()
+
+    def watch_commands(self, submit) -> None:
+        """Hand `submit` every command another process puts in the commands table, from now
+        on (a thread polls every COMMAND_POLL seconds: nothing is added to a training step)."""
+        def poll() -> None:
+            con = sqlite3.connect(self.run_dir / DB_NAME, timeout=10.0, isolation_level=None)
+            try:
+                seen = con.execute("SELECT COALESCE(MAX(id), 0) FROM commands").fetchone()[0]
+                while not self._closed.wait(COMMAND_POLL):
+                    for cid, payload in con.execute(
+                            "SELECT id, payload FROM commands WHERE id > ? ORDER BY id", (seen,)):
+                        seen = cid
+                        try:
+                            submit(from_json(payload))
+                        except ValueError:
+                            continue        # a malformed row: skip it, keep listening
+            except sqlite3.Error:
+                return                      # the store went away with its run
+            finally:
+                con.close()
+        threading.Thread(target=poll, name="run-store-commands", daemon=True).start()
 
     def _writer(self) -> None:
         con = _connect(self.run_dir / DB_NAME)
@@ -232,6 +266,44 @@ def _commit(con: sqlite3.Connection, items: list) -> None:
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def send_command(run_dir: str | os.PathLike, cmd) -> None:
+    """Queue `cmd` for a live run through its store (the run applies it between steps)."""
+    con = _connect(Path(run_dir) / DB_NAME)
+    try:
+        with con:
+            con.executescript(COMMANDS_SCHEMA)          # a store made before the table existed
+            con.execute("INSERT INTO commands (time, payload) VALUES (?, ?)",
+                        (time.time(), to_json(cmd)))
+    finally:
+        con.close()
+
+
+def mark_failed(run_dir: str | os.PathLike, message: str, tb: str) -> dict:
+    """A launcher's word after a rank died: the run is ``failed`` and says which rank.
+
+    Rank 0, the writer, has ended by then (it may be the rank that died), so this is
+    the only write; what rank 0 recorded stays. Returns the run's summary, updated.
+    """
+    db = Path(run_dir) / DB_NAME
+    summary = {"run_dir": str(run_dir), "status": "failed", "error": message}
+    if not db.is_file():                        # rank 0 died before it made the store
+        return summary
+    con = _connect(db)
+    try:
+        row = con.execute("SELECT summary FROM run").fetchone()
+        summary = {**(json.loads(row[0]) if row and row[0] else {}), **summary}
+        step = con.execute("SELECT COALESCE(MAX(step) + 1, 0) FROM steps").fetchone()[0]
+        payload = {"step": step, "error": message, "traceback": tb}
+        with con:
+            con.execute("INSERT INTO events (step, time, kind, payload) VALUES (?,?,?,?)",
+                        (step, time.time(), "RunFailed", json.dumps(payload)))
+            con.execute("UPDATE run SET status='failed', ended=?, summary=?",
+                        (time.time(), json.dumps(json_safe(summary))))
+    finally:
+        con.close()
+    return summary
 
 
 # -- reading ------------------------------------------------------------------

@@ -34,9 +34,11 @@ def worker_main(config: dict, config_toml: str, commands, events) -> None:
     from .loop import Trainer
     from .store import RunStore
 
+    cfg = RunConfig(**config)
+    if cfg.workers > 1:
+        return _launch_ranks(cfg, config_toml, commands, events)
     store = None
     try:
-        cfg = RunConfig(**config)
         store = RunStore.create(cfg.runs_dir, config, config_toml)
         _redirect_output(store.run_dir / "trainer.log")  # warnings, native crash messages
         trainer = Trainer(cfg, sink=events.put, store=store)
@@ -68,3 +70,31 @@ def worker_main(config: dict, config_toml: str, commands, events) -> None:
     finally:
         store.close()
         events.put(None)
+
+
+def _launch_ranks(cfg, config_toml: str, commands, events) -> None:
+    """--workers N: this process becomes the elastic agent; rank 0 takes the bridge's queues
+    (commands in, event batches out) and the other ranks follow it."""
+    from pathlib import Path
+
+    from .events import RunFailed, RunFinished
+    from .launch import launch
+    from .store import new_run_id
+
+    def watch_parent(parent: int = os.getppid()) -> None:
+        """The dashboard died: the agent's SIGTERM handler stops the ranks (rank 0 records)."""
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        events.cancel_join_thread()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch_parent, name="parent-watchdog", daemon=True).start()
+    run_dir = Path(cfg.runs_dir) / new_run_id(cfg.model)
+    try:
+        summary = launch(cfg, run_dir, events, commands, signals="SIGTERM,SIGHUP")
+    except Exception as e:  # the launcher itself failed: say why
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    if summary.get("error"):                  # a rank died: rank 0 may not have said so
+        events.put((RunFailed(summary.get("steps", 0), summary["error"], ""),
+                    RunFinished(summary.get("steps", 0), "failed", summary)))
+    events.put(None)

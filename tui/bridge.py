@@ -50,7 +50,10 @@ class TrainerBridge:
         ctx = mp.get_context("spawn")
         self._commands = ctx.Queue()
         self._events = ctx.Queue()
-        self.process = ctx.Process(target=worker_main, name="lsml-tui-trainer", daemon=True,
+        # With --workers N the trainer process is the launcher of N ranks, and a daemonic
+        # process may not have children; stop() and its parent watchdog end it instead.
+        self.process = ctx.Process(target=worker_main, name="lsml-tui-trainer",
+                                   daemon=cfg.workers == 1,
                                    args=(cfg.to_dict(), to_toml(cfg), self._commands,
                                          self._events))
         self.ended = False      # the trainer said it is done (None on the queue)

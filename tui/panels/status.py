@@ -14,6 +14,8 @@ class StatusLine(Static):
 
     def __init__(self, cfg, **kw):
         super().__init__(**kw)
+        # data parallel: 'x2 ps' after the device (the global batch is N times --batch-size)
+        self.ranks = f"x{cfg.workers} {cfg.sync}  " if getattr(cfg, "workers", 1) > 1 else ""
         self.state = {"model": cfg.model, "optimizer": cfg.optimizer, "norm": cfg.norm,
                       "lr": cfg.lr, "step": 0, "rate": 0.0, "device": "…", "run": "starting",
                       "status": "starting trainer"}
@@ -58,6 +60,6 @@ class StatusLine(Static):
         s = self.state
         self.update(Text.assemble(
             (s["model"], "bold"), f"  {s['optimizer']}  norm {s['norm']}  lr {s['lr']:.3g}  "
-            f"step {s['step']:,}  {s['rate']:.1f} steps/s  {s['device']}  ",
+            f"step {s['step']:,}  {s['rate']:.1f} steps/s  {s['device']}  {self.ranks}",
             (s["status"], "bold"), f"  {s['run']}"))
         self.dirty = False

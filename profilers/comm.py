@@ -1,0 +1,119 @@
+"""Data-parallel arithmetic on measured numbers: where a synchronous step's time goes,
+bandwidth, stragglers and the gradient noise scale. Plain data in, plain data out.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+# One row per rank, in this order, as the ranks gather them on a sampled step.
+FIELDS = ("forward_s", "backward_s", "compute_s", "exposed_s", "step_s", "comm_busy_s",
+          "payload_bytes", "local_sq_norm", "delay_s", "param_sum", "pid")
+
+
+def harmonic(n: int) -> float:
+    """H_n = 1 + 1/2 + ... + 1/n: E[max of n i.i.d. Exp(1)] (about ln n + 0.577)."""
+    return sum(1.0 / k for k in range(1, n + 1))
+
+
+def ranks_breakdown(rows: list[dict]) -> list[dict]:
+    """Split each rank's step: compute (its own forward and backward, injected delay included),
+    wait (for the slowest rank's compute: max_j compute_j - compute_r, at most what was
+    exposed after its own compute) and communication (the rest of what was exposed)."""
+    slowest = max(r["compute_s"] for r in rows)
+    out = []
+    for rank, r in enumerate(rows):
+        wait = min(max(0.0, slowest - r["compute_s"]), r["exposed_s"])
+        out.append({"rank": rank, "compute_s": r["compute_s"], "wait_s": wait,
+                    "comm_s": max(0.0, r["exposed_s"] - wait), "step_s": r["step_s"],
+                    "forward_s": r["forward_s"], "backward_s": r["backward_s"],
+                    "comm_busy_s": r["comm_busy_s"], "delay_s": r["delay_s"],
+                    "payload_bytes": int(r["payload_bytes"]), "param_sum": r["param_sum"],
+                    "pid": int(r["pid"])})
+    return out
+
+
+def wire_bytes(sync: str, payload: float, n: int) -> dict:
+    """Bytes each rank sends per step, and through the busiest link, by the algorithm's formula.
+
+    Ring all-reduce: 2(N-1) rounds of payload/N each, so 2(N-1)/N * M per rank and per link.
+    Parameter server: every worker sends M to rank 0 and gets M back, so rank 0's link
+    carries 2(N-1) * M. bf16 is a ring all-reduce of half the bytes; PowerSGD's low-rank
+    factors have no fixed size (None).
+    """
+    if n < 2:
+        return {"per_rank": 0.0, "busiest_link": 0.0}
+    if sync == "powersgd":
+        return {"per_rank": None, "busiest_link": None}
+    if sync == "bf16":
+        payload /= 2
+    if sync == "ps":
+        return {"per_rank": 2.0 * payload, "busiest_link": 2.0 * (n - 1) * payload}
+    ring = 2.0 * (n - 1) / n * payload
+    return {"per_rank": ring, "busiest_link": ring}
+
+
+def bandwidth(sync: str, payload: float, seconds: float, n: int) -> dict:
+    """nccl-tests' convention: algbw = payload / time; for all-reduce busbw = algbw * 2(N-1)/N
+    (the rate the busiest link really ran at), for a parameter server busbw = algbw * 2(N-1)."""
+    if seconds <= 0 or n < 2 or sync == "powersgd":
+        return {"algbw": None, "busbw": None}
+    if sync == "bf16":
+        payload /= 2
+    algbw = payload / seconds
+    factor = 2.0 * (n - 1) if sync == "ps" else 2.0 * (n - 1) / n
+    return {"algbw": algbw, "busbw": algbw * factor}
+
+
+def expected_max_delay(straggle: tuple, n: int, draws: int = 20_000) -> float:
+    """E[max over ranks of the injected delay]. Exp(mean m) on every rank alone: m * H_N
+    exactly; with fixed per-rank delays added, a seeded Monte Carlo estimate."""
+    exp_mean = sum(s for rank, s in straggle if rank is None)
+    fixed = [sum(s for rank, s in straggle if rank == r) for r in range(n)]
+    if not any(fixed):
+        return exp_mean * harmonic(n)
+    rng = random.Random(0)
+    total = 0.0
+    for _ in range(draws):
+        total += max(f + (rng.expovariate(1 / exp_mean) if exp_mean else 0.0) for f in fixed)
+    return total / draws
+
+
+def mean_delay(straggle: tuple, rank: int) -> float:
+    """The delay a rank adds before each backward, on average."""
+    return sum(s for r, s in straggle if r is None or r == rank)
+
+
+class NoiseScale:
+    """The simple gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018,
+    appendix A), from each rank's local gradient (batch B) and the all-reduced one (N * B).
+
+    With |g_b|^2 the squared norm of a gradient averaged over b examples,
+    E|g_b|^2 = |G|^2 + tr(Sigma) / b, so two batch sizes give unbiased estimates:
+    |G|^2 = (B_big |g_big|^2 - B_small |g_small|^2) / (B_big - B_small) and
+    tr(Sigma) = (|g_small|^2 - |g_big|^2) / (1 / B_small - 1 / B_big). Each estimate is
+    noisy, so both are smoothed (EMA) before their ratio is taken.
+    """
+
+    def __init__(self, decay: float = 0.9):
+        self.decay = decay
+        self.g2: float | None = None
+        self.trace: float | None = None
+
+    def update(self, small_sq: float, big_sq: float, b_small: int, b_big: int) -> float | None:
+        """Feed one sampled step (mean local squared norm, global squared norm); return
+        B_simple, or None until it is defined (a non-positive |G|^2 estimate)."""
+        if b_big <= b_small or not (math.isfinite(small_sq) and math.isfinite(big_sq)):
+            return self.value
+        g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
+        trace = (small_sq - big_sq) / (1 / b_small - 1 / b_big)
+        ema = lambda old, new: new if old is None else self.decay * old + (1 - self.decay) * new  # noqa: E731
+        self.g2, self.trace = ema(self.g2, g2), ema(self.trace, trace)
+        return self.value
+
+    @property
+    def value(self) -> float | None:
+        if self.g2 is None or self.g2 <= 0 or self.trace <= 0:
+            return None                     # early on, the noisy estimates can go negative
+        return self.trace / self.g2

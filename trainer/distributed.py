@@ -1,0 +1,302 @@
+"""Data parallel on torch.distributed: who this rank is, the process group, DDP, and the
+per-step exchange that keeps every replica applying the same commands at the same step.
+
+``Alone`` is a single process: every method is what the plain loop would do.
+``DataParallel`` is one rank of N. The loop calls the same five methods on either:
+``wrap`` (the model), ``begin`` (a step), ``before_backward`` (an injected straggler
+delay), ``read_back`` (the loss and gradient norm, as one collective on N ranks) and
+``end_step`` (on sampled steps, every rank's timings gathered on rank 0).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import random
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from lsml_tui.profilers import comm
+
+from .config import parse_straggle
+from .events import DistSample
+from .sync import CommTimer, hook_for
+
+IDLE_POLL = 0.5             # seconds between exchanges while the run is paused
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+
+
+def world_from_env() -> World | None:
+    """The group torchrun (or our own launcher) started this process in, if any."""
+    env = os.environ
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    size = int(env["WORLD_SIZE"])
+    return World(int(env["RANK"]), size, int(env.get("LOCAL_RANK", env["RANK"])),
+                 int(env.get("LOCAL_WORLD_SIZE", size)))
+
+
+def fingerprint(params) -> float:
+    """A float64 sum of every weight: replicas that are bit-identical agree exactly."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() for p in params))
+
+
+def data_seed(seed: int, rank: int) -> int:
+    """Each rank draws its own batches; rank 0 draws what a single process would."""
+    return seed + 10_007 * rank
+
+
+class Alone:
+    """One process: no collectives, commands straight from the queue."""
+
+    rank, size, recorder = 0, 1, True
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def begin(self, step: int, sampled: bool) -> None:
+        pass
+
+    def before_backward(self) -> None:
+        pass
+
+    def read_back(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float]:
+        # One read-back per step (a device sync on GPU).
+        loss_v, norm_v = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        return loss_v, norm_v
+
+    def end_step(self, trainer) -> None:
+        pass
+
+    def attach(self, pending: queue.SimpleQueue) -> None:
+        pass
+
+    def finish(self, trainer) -> None:
+        """The run ended cleanly on every rank: compare the replicas once more."""
+
+    def commands(self, inbox: queue.SimpleQueue, wait: bool, flush) -> list:
+        """Commands to apply before the next step; `wait` blocks a while for one (paused)."""
+        out = []
+        if wait:
+            flush()                                     # the UI sees 'paused' before we wait
+            try:
+                out.append(inbox.get(timeout=IDLE_POLL))
+            except queue.Empty:
+                return out
+        while True:
+            try:
+                out.append(inbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    def summary(self) -> dict:
+        return {"world_size": 1}
+
+    def close(self) -> None:
+        pass
+
+
+class DataParallel(Alone):
+    """One of N ranks. Rank 0 records and takes commands; every rank applies them at the
+    step rank 0 shipped them in, so the replicas never differ."""
+
+    def __init__(self, world: World, cfg, device: torch.device):
+        self.world, self.rank, self.size = world, world.rank, world.size
+        self.recorder = world.rank == 0
+        self.cfg, self.device = cfg, device
+        self.sync = cfg.sync
+        self.straggle = parse_straggle(cfg.straggle) if cfg.straggle else ()
+        self._rng = random.Random(data_seed(cfg.seed, world.rank))
+        self.timer = CommTimer()
+        self._inbox: list = []                          # shipped, applied at the next step
+        self._pending: queue.SimpleQueue = queue.SimpleQueue()   # rank 0's, see attach
+        self._marks: dict[str, float] = {}
+        self._delay = 0.0
+        self.noise = comm.NoiseScale()
+        self.totals: dict[int, dict] = {}               # rank -> summed breakdown (rank 0)
+        self.samples = 0
+        self.last: DistSample | None = None
+        self.fingerprints: list[float] | None = None   # each rank's weights, at the end
+
+    def start(self) -> None:
+        """Join the group (gloo on CPU, NCCL on CUDA) with the run's collective timeout."""
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if self.device.type == "cpu":           # ranks share the cores: cores / N threads each
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world.local_size))
+        dist.init_process_group(backend, rank=self.rank, world_size=self.size,
+                                timeout=timedelta(seconds=self.cfg.dist_timeout))
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DDP around `model` (again after a norm switch; DDP broadcasts rank 0's weights)."""
+        # PowerSGD starts collectives from its futures' callbacks; on gloo those run on
+        # gloo's threads and race with the next bucket's, so it gets one bucket there.
+        one_bucket = self.sync == "powersgd" and self.device.type != "cuda"
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            forward_sync_buffers=False,              # batch norm keeps per-rank statistics
+            bucket_cap_mb=1 << 14 if one_bucket else None)
+        state, hook = hook_for(self.sync)
+        ddp.register_comm_hook(state, self.timer.wrap(hook))
+        return ddp
+
+    # -- a step --------------------------------------------------------------------
+
+    def begin(self, step: int, sampled: bool) -> None:
+        self.timer.on = sampled
+        if sampled:
+            self.timer.reset()
+            self._marks = {"start": self._now()}
+
+    def before_backward(self) -> None:
+        """The straggler model: a delay drawn before each backward (rank's own stream)."""
+        delay = sum(self._rng.expovariate(1 / s) if r is None else s
+                    for r, s in self.straggle if r is None or r == self.rank)
+        if self.timer.on:
+            self._marks["forward"] = self._now()
+        if delay:
+            time.sleep(delay)
+        self._delay = delay
+
+    def read_back(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float]:
+        """The mean loss over ranks and the (already global) gradient norm, in one
+        all-reduce that also ships rank 0's new commands to every rank."""
+        if self.timer.on:
+            self._marks["backward"] = self._now()
+        payload = self._outgoing()
+        head = torch.stack([loss.detach().float(),
+                            torch.tensor(float(len(payload)), device=loss.device)])
+        dist.all_reduce(head)
+        loss_sum, n_bytes, norm_v = torch.cat([head, norm.float().reshape(1)]).tolist()
+        self._receive(payload, int(n_bytes))
+        return loss_sum / self.size, norm_v
+
+    def end_step(self, trainer) -> None:
+        """On a sampled step: gather every rank's timings on rank 0 and record them."""
+        if not self.timer.on:
+            return
+        self.timer.on = False
+        m, t = self._marks, self.timer
+        end = self._now()
+        launched = t.last_launch if t.last_launch is not None else m["backward"]
+        row = {"forward_s": m["forward"] - m["start"], "backward_s": m["backward"] - m["forward"],
+               "compute_s": launched - m["start"], "exposed_s": max(0.0, m["backward"] - launched),
+               "step_s": end - m["start"], "comm_busy_s": t.busy,
+               "payload_bytes": float(t.payload_bytes), "local_sq_norm": t.local_sq,
+               "delay_s": self._delay, "param_sum": fingerprint(trainer.params),
+               "pid": float(os.getpid())}
+        mine = torch.tensor([row[f] for f in comm.FIELDS], dtype=torch.float64, device=self.device)
+        rows = [torch.empty_like(mine) for _ in range(self.size)]
+        dist.all_gather(rows, mine)
+        if self.recorder:
+            table = [dict(zip(comm.FIELDS, r.tolist())) for r in rows]
+            trainer._emit_sample(self._sample(trainer, table))
+
+    def finish(self, trainer) -> None:
+        mine = torch.tensor([fingerprint(trainer.params)], dtype=torch.float64, device=self.device)
+        every = [torch.empty_like(mine) for _ in range(self.size)]
+        try:
+            dist.all_gather(every, mine)
+        except Exception:  # a rank is gone: the run's own error says so
+            return
+        self.fingerprints = [float(t.item()) for t in every]
+
+    # -- commands ------------------------------------------------------------------
+
+    def commands(self, inbox: queue.SimpleQueue, wait: bool, flush) -> list:
+        """Apply what the last step shipped; while paused, exchange every IDLE_POLL seconds
+        (rank 0 waits for a command, the others wait in the broadcast)."""
+        if not wait:
+            out, self._inbox = self._inbox, []
+            return out
+        fresh = super().commands(inbox, wait=True, flush=flush) if self.recorder else []
+        payload = pickle.dumps(fresh) if fresh else b""
+        size = torch.tensor([len(payload)], dtype=torch.int64, device=self.device)
+        dist.broadcast(size, 0)
+        self._receive(payload, int(size.item()))
+        out, self._inbox = self._inbox, []
+        return out
+
+    def _outgoing(self) -> bytes:
+        if not self.recorder or self._pending.empty():
+            return b""
+        return pickle.dumps(Alone.commands(self, self._pending, wait=False, flush=None))
+
+    def attach(self, pending: queue.SimpleQueue) -> None:
+        """Rank 0's command queue (the trainer's), drained into each step's exchange."""
+        self._pending = pending
+
+    def _receive(self, payload: bytes, n_bytes: int) -> None:
+        if n_bytes == 0:
+            return
+        buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if self.recorder else \
+            torch.empty(n_bytes, dtype=torch.uint8)
+        buf = buf.to(self.device)
+        dist.broadcast(buf, 0)
+        self._inbox += pickle.loads(buf.cpu().numpy().tobytes())
+
+    # -- measurements ------------------------------------------------------------
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)     # sampled steps only
+        return time.perf_counter()
+
+    def _sample(self, trainer, table: list[dict]) -> DistSample:
+        ranks = comm.ranks_breakdown(table)
+        for r in ranks:
+            acc = self.totals.setdefault(r["rank"], {k: 0.0 for k in ("compute_s", "comm_s",
+                                                                       "wait_s", "step_s")})
+            for k in acc:
+                acc[k] += r[k]
+        self.samples += 1
+        steps = [r["step_s"] for r in ranks]
+        computes = [r["compute_s"] for r in ranks]
+        payload = max(r["payload_bytes"] for r in ranks)
+        comm_time = max(r["comm_s"] + r["wait_s"] for r in ranks)
+        local_sq = sum(r["local_sq_norm"] for r in table) / self.size
+        big_sq = (trainer.last_grad_norm or 0.0) ** 2
+        b = trainer.cfg.batch_size
+        noise = self.noise.update(local_sq, big_sq, b, b * self.size)
+        own = [c - r["delay_s"] for c, r in zip(computes, ranks)]
+        predicted = sum(own) / len(own) + comm.expected_max_delay(self.straggle, self.size) \
+            if self.straggle else None
+        wire = comm.wire_bytes(self.sync, payload, self.size)
+        sample = DistSample(
+            trainer.step - 1, self.size, self.sync, ranks,
+            slowest=max(range(self.size), key=lambda i: computes[i]),
+            spread_s=max(steps) - min(steps), predicted_step_s=predicted,
+            payload_bytes=payload, wire_bytes_per_rank=wire["per_rank"],
+            busiest_link_bytes=wire["busiest_link"],
+            **comm.bandwidth(self.sync, payload, comm_time, self.size),
+            noise_scale=noise, global_batch=b * self.size,
+            replicas_agree=len({r["param_sum"] for r in ranks}) == 1)
+        self.last = sample
+        return sample
+
+    def summary(self) -> dict:
+        n = max(1, self.samples)
+        ranks = [{"rank": r, **{k: v / n for k, v in acc.items()}}
+                 for r, acc in sorted(self.totals.items())]
+        last = self.last
+        return {"world_size": self.size, "sync": self.sync, "ranks": ranks,
+                "noise_scale": last.noise_scale if last else None,
+                "replicas_identical": None if self.fingerprints is None
+                else len(set(self.fingerprints)) == 1,
+                "global_batch": self.cfg.batch_size * self.size}

@@ -1,0 +1,118 @@
+"""Starting N data-parallel ranks on this machine with torch's elastic launcher (what
+``torchrun --standalone`` does), and the body every rank runs, ours or torchrun's.
+
+Rank 0 is the recorder: it creates the run store at the run directory the launcher
+chose, takes commands and emits events. The launcher turns a rank that died into a
+``failed`` run naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import traceback
+from pathlib import Path
+
+from . import commands as C
+from .config import ConfigError, RunConfig, to_toml
+from .store import RunStore, mark_failed, new_run_id
+
+
+def check_workers(cfg: RunConfig) -> None:
+    """Refuse more CUDA ranks than GPUs before anything starts (imports torch)."""
+    if cfg.workers < 2:
+        return
+    import torch
+    from .loop import resolve_device
+    device = resolve_device(cfg.device)
+    gpus = torch.cuda.device_count()
+    if device.type == "cuda" and cfg.workers > gpus:
+        raise ConfigError(f"--workers {cfg.workers} on CUDA needs one GPU per rank; this "
+                          f"machine has {gpus}: use --workers {gpus} or fewer, or --device cpu "
+                          f"for gloo ranks")
+    if device.type == "mps":
+        raise ConfigError("--workers > 1 is not available on mps; use --device cpu")
+
+
+def rank_main(config: dict, config_toml: str, run_dir: str | None, events=None,
+              commands=None) -> dict | None:
+    """The launcher's entry point: rank 0's events go to the `events` queue."""
+    return run_rank(config, config_toml, run_dir, events.put if events is not None else None,
+                    commands)
+
+
+def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
+             commands=None) -> dict | None:
+    """One rank of a data-parallel run: join the group, train, return rank 0's summary."""
+    import torch
+
+    from .distributed import DataParallel, world_from_env
+    from .loop import Trainer, resolve_device
+
+    world = world_from_env()
+    cfg = RunConfig(**config)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    dp = DataParallel(world, cfg, device)
+    dp.start()
+    store = None
+    if dp.recorder:
+        run_dir = run_dir or str(Path(cfg.runs_dir) / new_run_id(cfg.model))
+        store = RunStore.create(cfg.runs_dir, config, config_toml, run_dir=run_dir)
+    else:                                       # rank 0 alone decides when everyone stops
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+    trainer = Trainer(cfg, sink=sink if dp.recorder else None, store=store, dp=dp)
+    if dp.recorder:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, lambda *_: trainer.submit(C.Stop()))
+        if commands is not None:
+            threading.Thread(target=_forward, args=(commands, trainer), daemon=True).start()
+    try:
+        summary = trainer.run()
+        return summary if dp.recorder else None
+    finally:
+        if store is not None:
+            store.close()
+        dp.close()
+
+
+def _forward(commands, trainer) -> None:
+    while (cmd := commands.get()) is not None:
+        trainer.submit(cmd)
+
+
+def launch(cfg: RunConfig, run_dir: Path, events=None, commands=None,
+           signals: str = "SIGTERM,SIGINT,SIGHUP,SIGQUIT") -> dict:
+    """Train `cfg` on cfg.workers ranks here; return rank 0's summary. A rank that fails
+    (an exception, a kill, a lost peer) ends every rank; the run is recorded ``failed``
+    with the rank named, and the summary says so."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logs = Path(run_dir) / "ranks"                  # each rank's stdout and stderr
+    spec = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=cfg.workers,
+                        run_id=run_dir.name, rdzv_backend="c10d", rdzv_endpoint="localhost:0",
+                        max_restarts=0, start_method="spawn", monitor_interval=0.1,
+                        signals_to_handle=signals, shutdown_timeout=int(cfg.dist_timeout) + 5,
+                        logs_specs=DefaultLogsSpecs(log_dir=str(logs), redirects=Std.ALL))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")   # ranks set their own thread counts
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we say it once
+    try:
+        results = elastic_launch(spec, rank_main)(cfg.to_dict(), to_toml(cfg), str(run_dir),
+                                                  events, commands)
+        return results[0]
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        why = failure.message
+        if isinstance(why, dict):                   # the rank's own error file
+            why = why.get("message", why)
+        why = why or f"exit code {failure.exitcode}"
+        message = f"rank {rank} failed ({why}); every rank was stopped"
+        summary = mark_failed(run_dir, message, traceback.format_exc())
+        return summary
