@@ -85,12 +85,14 @@ def _split(fwd: dict[str, int], total: dict[str, int]) -> FlopCount:
                 children[parent].append(n)
                 break
     root = next((n for n in names if "." not in n), None)
+    # DistributedDataParallel holds the model as `.module`: name modules as the model does
+    prefix = f"{root}.module." if root == "DistributedDataParallel" else f"{root}."
     per = {}
     for n in names:
         own_f = fwd[n] - sum(fwd[c] for c in children[n])
         own_b = bwd[n] - sum(bwd[c] for c in children[n])
         if own_f:
-            per[n.removeprefix(f"{root}.") if n != root else "(model)"] = (own_f, own_b)
+            per[n.removeprefix(prefix) if n != root else "(model)"] = (own_f, own_b)
     g_fwd = fwd.get("Global", 0)
     return FlopCount(forward=g_fwd, backward=total.get("Global", 0) - g_fwd, per_module=per)
 

@@ -62,6 +62,11 @@ def test_two_workers_learn_as_one_run_with_every_rank_measured(tmp_path):
     assert len(list_runs(runs)) == 1                            # one run, one store
     samples = dist_samples(out["run_dir"])
     assert len(samples) == 200 // 20                            # one per sampled step
+    with open_run(out["run_dir"]) as r:
+        flops = r.samples("FlopTable")[-1]
+    # per replica, as one process: 2 * B * (32*16 + 16*10) forward, named as the model names
+    assert flops["forward"] == 2 * 128 * (32 * 16 + 16 * 10)
+    assert set(flops["per_module"]) == {"blocks.0.fc", "head"}
     # the 1x16 MLP on 32 inputs and 10 classes: (32*16 + 16) + (16*10 + 10) = 698 float32
     assert samples[-1]["payload_bytes"] == 4 * 698
     assert all(s["replicas_agree"] for s in samples)

@@ -23,8 +23,8 @@ from lsml_tui.trainer.config import ConfigError, RunConfig, check_clip, check_lr
 from lsml_tui.trainer.events import RunFinished, RunStarted
 
 from .bridge import TrainerBridge, prepare_processes, thin
-from .panels import (EventsPanel, FlopsPanel, GradientsPanel, LossPanel, MemoryPanel, StatusLine,
-                     SystemPanel)
+from .panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel, LossPanel,
+                     MemoryPanel, StatusLine, SystemPanel)
 from .screens import ChoiceScreen, HelpScreen, ValueScreen
 
 REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
@@ -78,6 +78,7 @@ class LsmlApp(App):
         self.final: RunFinished | None = None
         self.run_dir: str | None = replay_of
         self.read_only = replay_of is not None  # a recorded run: nothing to command
+        self.following = False      # a live run started elsewhere, commanded through its store
         self._replay_done = False
         self.return_signal: int | None = None
         self.thinned = 0            # step metrics not drawn during a flood (all are stored)
@@ -93,6 +94,8 @@ class LsmlApp(App):
             yield MemoryPanel()
             yield FlopsPanel()
             with Vertical(id="side"):
+                if self.cfg.workers > 1:
+                    yield DistributedPanel(self.cfg)
                 yield SystemPanel()
                 yield EventsPanel()
         yield Footer()
@@ -128,11 +131,21 @@ class LsmlApp(App):
         return cls(replay_config(run_dir), lambda cfg: RecordedBridge(cfg, run_dir),
                    replay_of=str(run_dir))
 
+    @classmethod
+    def follow(cls, run_dir) -> "LsmlApp":
+        """The dashboard on a run that is still going elsewhere: live, and its controls work."""
+        from .follow import FollowBridge
+        from .replay import replay_config
+        app = cls(replay_config(run_dir), lambda cfg: FollowBridge(cfg, run_dir))
+        app.following, app.run_dir = True, str(run_dir)
+        return app
+
     def start_trainer(self) -> None:
         self.final, self._crash_reported = None, False
         self.bridge = self.bridge_factory(self.cfg).start()
         self.query_one(EventsPanel).say(
             f"replaying {self.run_dir} (read-only) …" if self.read_only
+            else f"following {self.run_dir}; q leaves it running …" if self.following
             else f"starting the trainer ({self.cfg.model}) …", "dim")
 
     def tick(self) -> None:
@@ -150,7 +163,7 @@ class LsmlApp(App):
         for e in events:
             if isinstance(e, RunFinished):
                 self.final = e
-            elif isinstance(e, RunStarted) and not self.read_only:
+            elif isinstance(e, RunStarted) and not (self.read_only or self.following):
                 self.run_dir = e.run_dir
             for panel in panels:
                 panel.add(e)
@@ -262,6 +275,10 @@ class LsmlApp(App):
 
     @trains
     def action_pick_model(self) -> None:
+        if self.following:
+            self.notify("this run was started elsewhere; start a new one with lsml-tui",
+                        severity="warning")
+            return
         async def switch(model: str | None) -> None:
             if not model:
                 return
@@ -272,6 +289,10 @@ class LsmlApp(App):
 
     @trains
     async def action_restart(self) -> None:
+        if self.following:
+            self.notify("this run was started elsewhere; start a new one with lsml-tui",
+                        severity="warning")
+            return
         if self.bridge is not None and self.bridge.process.is_alive() and self.final is None:
             self.notify("the trainer is running; press m to restart with another model")
             return

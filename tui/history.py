@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from lsml_tui.trainer.config import ConfigError, suggest
-from lsml_tui.trainer.store import DB_NAME, list_runs
+from lsml_tui.trainer.store import DB_NAME, LIVE, list_runs, open_run
 
 SUBCOMMANDS = ("report", "runs", "open")
 
@@ -57,7 +57,8 @@ def parser(prog: str, make) -> argparse.ArgumentParser:
                      "or the runs directory for a comparison)")
     runs = sub.add_parser("runs", help="list the runs in a runs directory")
     runs.add_argument("--runs-dir", default="runs", metavar="DIR")
-    opn = sub.add_parser("open", help="open a stored run in the dashboard, read-only")
+    opn = sub.add_parser("open", help="open a stored run in the dashboard: a finished run is "
+                         "replayed read-only, a live one is followed and its controls work")
     opn.add_argument("run_dir", metavar="RUN_DIR")
     return p
 
@@ -77,7 +78,10 @@ def main(argv: list[str], prog: str, make) -> int:
             raise ConfigError(f"--runs-dir {args.runs_dir!r} is not a directory")
         return print_runs(args.runs_dir)
     from .app import LsmlApp
-    app = LsmlApp.replay(_run_dir(args.run_dir))
+    run_dir = _run_dir(args.run_dir)
+    with open_run(run_dir) as r:               # a run whose process died reads 'killed'
+        live = r.info().status in LIVE
+    app = LsmlApp.follow(run_dir) if live else LsmlApp.replay(run_dir)
     app.run()
     return 0
 

@@ -1,6 +1,7 @@
 """One widget per panel. Each takes events with ``add`` and draws on ``redraw``
 (called by the app's timer, a few times a second, only when something changed)."""
 
+from .distributed import DistributedPanel
 from .events import EventsPanel
 from .flops import FlopsPanel
 from .gradients import GradientsPanel
@@ -9,5 +10,5 @@ from .memory import MemoryPanel
 from .status import StatusLine
 from .system import SystemPanel
 
-__all__ = ["EventsPanel", "FlopsPanel", "GradientsPanel", "LossPanel", "MemoryPanel",
+__all__ = ["DistributedPanel", "EventsPanel", "FlopsPanel", "GradientsPanel", "LossPanel", "MemoryPanel",
            "StatusLine", "SystemPanel"]

@@ -1,0 +1,92 @@
+"""Following a run that is still going, through its store: ``lsml-tui open`` on a headless,
+torchrun or other dashboard's run. New rows reach the panels as the run commits them;
+commands go into the store's commands table, which the run's recorder polls.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import sqlite3
+from pathlib import Path
+
+from lsml_tui.trainer import commands as C
+from lsml_tui.trainer.events import ClipEvent, StepMetrics, ValMetrics, event_from_payload
+from lsml_tui.trainer.store import DB_NAME, FINAL, open_run, send_command
+
+from .bridge import ReplayBridge
+
+BATCH = 20_000          # rows of each table read per tick: a long run catches up in chunks
+
+
+class _LiveRun:
+    """Stands in for a trainer process: alive while the store says the run is going."""
+
+    pid, exitcode = None, None
+
+    def __init__(self):
+        self.alive = True
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+class FollowBridge(ReplayBridge):
+    """Tails a live run's store; `send` commands it through the store."""
+
+    def __init__(self, cfg, run_dir):
+        super().__init__(cfg)
+        self.run_dir = Path(run_dir)
+        self.process = _LiveRun()
+        self.status = "running"
+        self._con = sqlite3.connect(self.run_dir / DB_NAME, timeout=10.0, isolation_level=None)
+        self._last = {"steps": -1, "clips": -1, "val": -1, "samples": 0, "events": 0}
+
+    def more(self) -> list:
+        if self.ended:
+            return []
+        with open_run(self.run_dir):                # marks a run whose recorder died 'killed'
+            pass
+        self.status = self._con.execute("SELECT status FROM run").fetchone()[0]
+        rows = self._new_rows()
+        if self.status in FINAL and not any(rows):  # every row read after it ended
+            self.ended = True
+            self.process.alive = False
+            self._con.close()
+            return []
+        counter = itertools.count()                 # a tie-breaker: events never compare
+        merged = heapq.merge(*(sorted((s, rank, next(counter), e) for s, rank, e in stream)
+                               for stream in rows))
+        return [e for _s, _rank, _n, e in merged]
+
+    def _new_rows(self) -> list[list]:
+        last, q = self._last, self._con.execute
+        steps = q("SELECT * FROM steps WHERE step > ? ORDER BY step LIMIT ?",
+                  (last["steps"], BATCH)).fetchall()
+        clips = q("SELECT * FROM clips WHERE step > ? ORDER BY step LIMIT ?",
+                  (last["clips"], BATCH)).fetchall()
+        val = q("SELECT * FROM val WHERE step > ? ORDER BY step", (last["val"],)).fetchall()
+        samples = q("SELECT id, step, kind, payload FROM samples WHERE id > ? ORDER BY id LIMIT ?",
+                    (last["samples"], BATCH)).fetchall()
+        events = q("SELECT id, step, time, kind, payload FROM events WHERE id > ? ORDER BY id",
+                   (last["events"],)).fetchall()
+        for key, got in (("steps", steps), ("clips", clips), ("val", val),
+                         ("samples", samples), ("events", events)):
+            if got:
+                last[key] = got[-1][0]              # the step, or the row id
+        return [
+            [(s, 1, StepMetrics(s, loss, lr, g, bool(c), eps, t))
+             for s, t, loss, lr, g, _after, c, eps in steps],
+            [(s, 2, ClipEvent(s, g, th, sc)) for s, g, th, sc in clips],
+            [(s, 3, ValMetrics(s, loss)) for s, _t, loss in val],
+            [(s, 4, event_from_payload(kind, {**json.loads(p), "step": s}))
+             for _id, s, kind, p in samples],
+            [(s, 0 if kind == "RunStarted" else 5,
+              event_from_payload(kind, {**json.loads(p), "step": s, "time": t}))
+             for _id, s, t, kind, p in events],
+        ]
+
+    def send(self, cmd: C.Command) -> None:
+        if not self.ended:
+            send_command(self.run_dir, cmd)
