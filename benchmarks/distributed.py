@@ -7,14 +7,17 @@ by torch's elastic launcher, as ``--workers N`` starts them. Inside one launch, 
 take turns block by block on every rank, so machine noise hits them alike:
 
   measured    the per-rank timing as a run has it: comm hook timers and one all_gather
-              of every rank's timings each sampling period (--sample-every 10 here,
-              ten times the default rate, to make its cost visible)
+              of every rank's timings once per sampling period (the default
+              --sample-every 100; a block is one period, so it holds one sampled step)
   bare        the same DDP loop with the sampling never due
+
+Both arms pay what data parallelism itself needs: DDP's all-reduce and the one small
+all-reduce per step that carries the mean loss and rank 0's commands.
 
 Prints medians over blocks and the ratio measured/bare (goal: >= 0.97). On CPU the ranks
 use gloo; on a CUDA machine, NCCL with as many ranks as GPUs.
 
-    python benchmarks/distributed.py [--blocks 7] [--models mlp,transformer] [--workers 2]
+    python benchmarks/distributed.py [--blocks 5] [--models mlp,transformer] [--workers 2]
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import torch
 
 from lsml_tui.trainer.config import RunConfig, resolve
 
-SAMPLE_EVERY = 10
-STEPS = {"mlp": 100, "transformer": 10}          # steps per block
+SAMPLE_EVERY = RunConfig().sample_every        # 100, the default
+STEPS = SAMPLE_EVERY                             # steps per block: one sampling period
 
 
 def bench_rank(config: dict, blocks: int, block_steps: int) -> dict | None:
@@ -90,7 +93,7 @@ def launched(cfg: RunConfig, blocks: int, block_steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--blocks", type=int, default=7)
+    ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--models", default="mlp,transformer")
     ap.add_argument("--workers", type=int, default=None,
                     help="ranks (default: the GPUs on a CUDA machine, else 2)")
@@ -103,7 +106,7 @@ def main() -> None:
     print(f"{'workload':<12} {'workers':>7} {'sync':>9} {'steps/s':>8} {'examples/s':>10} "
           f"{'comm':>6} {'wait':>6} {'measured/bare':>14}")
     for model in args.models.split(","):
-        steps = STEPS.get(model, 20)
+        steps = STEPS
         base = resolve(RunConfig(model=model, device=device, steps=10**9, val_every=10**9,
                                  profile=False, sample_every=SAMPLE_EVERY))
         one = statistics.median(single(base, args.blocks, steps))

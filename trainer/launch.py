@@ -72,13 +72,19 @@ def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
             signal.signal(sig, lambda *_: trainer.submit(C.Stop()))
         if commands is not None:
             threading.Thread(target=_forward, args=(commands, trainer), daemon=True).start()
+    summary = None
     try:
         summary = trainer.run()
         return summary if dp.recorder else None
     finally:
+        # Training is over: the launcher may now end this process with SIGTERM (it does when
+        # another rank failed, after this one handed back its summary), so let it.
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
         if store is not None:
             store.close()
-        dp.close()
+        if summary is not None and summary["status"] != "failed":
+            dp.close()          # with a peer gone, tearing the group down can block: skip it
 
 
 def _forward(commands, trainer) -> None:

@@ -1,0 +1,59 @@
+"""The data-parallel panel on a scripted sample: per-rank bars, the straggler, the formulas."""
+
+import asyncio
+
+from lsml_tui.profilers import comm
+from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.events import DistSample, RunStarted
+from lsml_tui.tui.app import LsmlApp
+from lsml_tui.tui.bridge import ReplayBridge
+from lsml_tui.tui.panels import DistributedPanel, StatusLine
+from lsml_tui.tui.panels.distributed import BAR
+
+
+def sample(sync="ps"):
+    rows = [dict.fromkeys(comm.FIELDS, 0.0) for _ in range(2)]
+    rows[0].update(compute_s=0.010, exposed_s=0.060, step_s=0.075)   # waits 50 ms for rank 1
+    rows[1].update(compute_s=0.060, exposed_s=0.012, step_s=0.074, delay_s=0.05)
+    ranks = comm.ranks_breakdown(rows)
+    m = 2792.0                                      # 698 float32 gradients
+    wire = comm.wire_bytes(sync, m, 2)
+    return DistSample(50, 2, sync, ranks, slowest=1, spread_s=0.001, predicted_step_s=0.06,
+                      payload_bytes=m, wire_bytes_per_rank=wire["per_rank"],
+                      busiest_link_bytes=wire["busiest_link"],
+                      **comm.bandwidth(sync, m, 0.012, 2), noise_scale=812.0,
+                      global_batch=256, replicas_agree=True)
+
+
+def test_the_panel_shows_each_rank_the_straggler_and_the_parameter_server_link(tmp_path):
+    cfg = resolve(RunConfig(model="mlp", workers=2, sync="ps", runs_dir=str(tmp_path)))
+    events = [RunStarted(0, "r", "", {}, 0, "cpu"), sample()]
+
+    async def main():
+        app = LsmlApp(cfg, bridge_factory=lambda c: ReplayBridge(c, events))
+        async with app.run_test(size=(140, 42)) as pilot:
+            await pilot.pause(1.2)
+            panel = app.query_one(DistributedPanel)
+            text = str(panel.render())
+            status = str(app.query_one(StatusLine).render())
+        lines = text.splitlines()
+        fast, slow = lines[0], lines[1]
+        # rank 0: compute 10 ms, wait 60 - 10 = 50 ms, comm 60 - 50 = 10 ms; the longest bar
+        # is rank 1's 60 + 12 = 72 ms: round(24 * 10/72) = 3 compute, round(24 * 50/72) = 17 wait
+        assert fast.count("█") == round(BAR * 10 / 72) and fast.count("░") == round(BAR * 50 / 72)
+        assert slow.count("█") == round(BAR * 60 / 72) and slow.count("░") == 0
+        assert "slowest" in slow and "slowest" not in fast
+        assert "parameter server 2(N-1)·M through rank 0: 5.45 KiB" in text    # 2 * 2792 B
+        assert "predicted 60 ms" in text and "noise scale 812 vs global batch 256" in text
+        assert "x2 ps" in status
+    asyncio.run(main())
+
+
+def test_a_single_process_run_has_no_data_parallel_panel(tmp_path):
+    cfg = resolve(RunConfig(model="mlp", runs_dir=str(tmp_path)))
+
+    async def main():
+        app = LsmlApp(cfg, bridge_factory=lambda c: ReplayBridge(c, []))
+        async with app.run_test(size=(140, 42)):
+            assert not app.query(DistributedPanel)
+    asyncio.run(main())
