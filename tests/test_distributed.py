@@ -42,6 +42,27 @@ def none_alive(procs, timeout=30.0) -> bool:
     return not alive
 
 
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+INJECT = """
+import os
+import lsml_tui.trainer.loop as loop
+train_step = loop.Trainer._train_step
+
+def failing(self):  # an exception in one rank's step, as a bug or a bad batch would raise
+    if os.environ.get("RANK") == os.environ["FAIL_RANK"] and self.step == 25:
+        raise ValueError("injected on this rank")
+    return train_step(self)
+
+loop.Trainer._train_step = failing
+"""
+
+
 def dist_samples(run_dir):
     with open_run(run_dir) as r:
         return r.samples("DistSample")
@@ -172,6 +193,23 @@ def test_a_killed_rank_fails_the_run_naming_it_and_leaves_no_process(tmp_path):
         errors = [e["error"] for e in r.events("RunFailed")]
     assert any("rank 1" in e and "SIGKILL" in e for e in errors), errors
     assert b"rank 1" in err
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_an_exception_on_one_rank_fails_the_run_at_once_naming_that_rank(tmp_path, rank):
+    """Not after --dist-timeout: the failed rank ends, the others see its connection close."""
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(INJECT)   # imported by every rank
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "inject"), "FAIL_RANK": rank}
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "lsml_tui.tui.cli", "--headless", "--no-progress",
+                           *SMALL, "--workers", "2", "--steps", "1000000",
+                           "--dist-timeout", "600", "--runs-dir", str(runs)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert f"rank {rank} failed (ValueError: injected on this rank)" in proc.stderr
+    run, = list_runs(runs)
+    assert run.status == "failed" and run.steps == 25       # steps 0-24 trained everywhere
 
 
 def test_every_command_reaches_every_rank_and_the_replicas_stay_identical(tmp_path):

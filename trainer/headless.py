@@ -30,7 +30,7 @@ def run_headless(cfg: RunConfig, json_out: bool = False, progress: bool = True) 
     Raises ConfigError before anything is written if the device is not available.
     """
     from .distributed import world_from_env
-    from .launch import check_workers, run_rank
+    from .launch import RankFailed, check_workers, run_rank
     resolve_device(cfg.device)
     world = world_from_env()
     joined = world is not None and world.size > 1
@@ -39,7 +39,10 @@ def run_headless(cfg: RunConfig, json_out: bool = False, progress: bool = True) 
                           f"{world.size} ranks: leave --workers out")
     check_workers(cfg)
     if joined and world.rank != 0:               # torchrun's other ranks: train, say nothing
-        run_rank(cfg.to_dict(), to_toml(cfg), None)
+        try:
+            run_rank(cfg.to_dict(), to_toml(cfg), None)
+        except RankFailed:
+            return 1
         return 0
     run_dir = Path(cfg.runs_dir) / new_run_id(cfg.model)
     console = Console(stderr=True)
@@ -62,7 +65,10 @@ def run_headless(cfg: RunConfig, json_out: bool = False, progress: bool = True) 
 
     with bar:
         if joined:
-            summary = run_rank(cfg.to_dict(), to_toml(cfg), str(run_dir), sink)
+            try:
+                summary = run_rank(cfg.to_dict(), to_toml(cfg), str(run_dir), sink)
+            except RankFailed as e:             # the store has the summary and the traceback
+                summary = {"run_dir": str(run_dir), "status": "failed", "error": str(e)}
         elif cfg.workers > 1:
             summary = _launched(cfg, run_dir, sink)
         else:

@@ -75,6 +75,8 @@ def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
     summary = None
     try:
         summary = trainer.run()
+        if summary["status"] == "failed":   # end now: the peers see the closed connection
+            raise RankFailed(trainer.error)
         return summary if dp.recorder else None
     finally:
         # Training is over: the launcher may now end this process with SIGTERM (it does when
@@ -85,6 +87,26 @@ def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
             store.close()
         if summary is not None and summary["status"] != "failed":
             dp.close()          # with a peer gone, tearing the group down can block: skip it
+
+
+class RankFailed(RuntimeError):
+    """This rank's run failed (its store, if rank 0, says how); the launcher ends the rest."""
+
+
+# A rank that failed because a peer vanished says so in these words; the launcher names
+# the rank that failed first for a reason of its own.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting")
+
+
+def _first_cause(failures: dict) -> tuple[int, str]:
+    """(rank, why) of the failure that caused the others."""
+    def why(f) -> str:
+        text = f.message.get("message", str(f.message)) if isinstance(f.message, dict) \
+            else f.message
+        return text or f"exit code {f.exitcode}"
+    rank, f = min(failures.items(), key=lambda kv: (any(p in why(kv[1]) for p in _PEER_GONE),
+                                                      kv[1].timestamp, kv[0]))
+    return rank, why(f)
 
 
 def _forward(commands, trainer) -> None:
@@ -108,17 +130,15 @@ def launch(cfg: RunConfig, run_dir: Path, events=None, commands=None,
                         signals_to_handle=signals, shutdown_timeout=int(cfg.dist_timeout) + 5,
                         logs_specs=DefaultLogsSpecs(log_dir=str(logs), redirects=Std.ALL))
     os.environ.setdefault("OMP_NUM_THREADS", "1")   # ranks set their own thread counts
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we say it once
+    for name in ("torch.distributed.elastic", "torch.multiprocessing"):    # we say it once
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         results = elastic_launch(spec, rank_main)(cfg.to_dict(), to_toml(cfg), str(run_dir),
                                                   events, commands)
         return results[0]
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        why = failure.message
-        if isinstance(why, dict):                   # the rank's own error file
-            why = why.get("message", why)
-        why = why or f"exit code {failure.exitcode}"
-        message = f"rank {rank} failed ({why}); every rank was stopped"
+        rank, why = _first_cause(e.failures)
+        message = f"rank {rank} failed ({why.removeprefix('RankFailed: ')}); every rank " \
+                  f"was stopped"
         summary = mark_failed(run_dir, message, traceback.format_exc())
         return summary

@@ -84,6 +84,7 @@ class Trainer:
         self.step = 0                       # the next step to train; also steps completed
         self.paused = False
         self.status = "running"
+        self.error: str | None = None       # what failed the run, in one line
         self.initial_loss: float | None = None
         self.recent_losses: deque = deque(maxlen=final_loss_window)
         self.last_val_loss: float | None = None
@@ -251,7 +252,7 @@ class Trainer:
                         self.status = "diverged"
                         break
                 except Exception as e:  # out of memory pauses; anything else fails the run
-                    if not is_out_of_memory(e):
+                    if not is_out_of_memory(e) or self.dp.size > 1:   # one rank cannot pause
                         raise
                     self._out_of_memory(e)
             else:
@@ -261,7 +262,7 @@ class Trainer:
         except KeyboardInterrupt:
             self.status = "interrupted"
         except Exception as e:  # a fault becomes an event; what was recorded stays
-            self.status = "failed"
+            self.status, self.error = "failed", f"{type(e).__name__}: {e}"
             self._emit(RunFailed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
         if self.status != "failed":             # every rank got here at the same step
             self.dp.finish(self)
