@@ -39,17 +39,11 @@ def bench_rank(config: dict, blocks: int, block_steps: int) -> dict | None:
     """One rank: warm up, then alternate the arms block by block; rank 0 returns times."""
     import torch.distributed as dist
 
-    from lsml_tui.trainer.distributed import DataParallel, world_from_env
-    from lsml_tui.trainer.loop import Trainer, resolve_device
+    from lsml_tui.trainer.distributed import join
+    from lsml_tui.trainer.loop import Trainer
 
     cfg = RunConfig(**config)
-    world = world_from_env()
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    dp = DataParallel(world, cfg, device)
-    dp.start()
+    dp = join(cfg)
     trainer = Trainer(cfg, dp=dp)
     arms = {"measured": cfg, "bare": cfg.replace(sample_every=10**12)}
     times: dict[str, list[float]] = {name: [] for name in arms}

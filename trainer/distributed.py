@@ -48,6 +48,19 @@ def world_from_env() -> World | None:
                  int(env.get("LOCAL_WORLD_SIZE", size)))
 
 
+def join(cfg) -> "DataParallel":
+    """This process's rank of the group its environment names, on its device, started."""
+    from .loop import resolve_device
+    world = world_from_env()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":                   # one GPU per rank on each machine
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    dp = DataParallel(world, cfg, device)
+    dp.start()
+    return dp
+
+
 def fingerprint(params) -> float:
     """A float64 sum of every weight: replicas that are bit-identical agree exactly."""
     with torch.no_grad():

@@ -46,19 +46,11 @@ def rank_main(config: dict, config_toml: str, run_dir: str | None, events=None,
 def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
              commands=None) -> dict | None:
     """One rank of a data-parallel run: join the group, train, return rank 0's summary."""
-    import torch
+    from .distributed import join
+    from .loop import Trainer
 
-    from .distributed import DataParallel, world_from_env
-    from .loop import Trainer, resolve_device
-
-    world = world_from_env()
     cfg = RunConfig(**config)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    dp = DataParallel(world, cfg, device)
-    dp.start()
+    dp = join(cfg)
     store = None
     if dp.recorder:
         run_dir = run_dir or str(Path(cfg.runs_dir) / new_run_id(cfg.model))
