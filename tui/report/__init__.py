@@ -3,7 +3,8 @@
 ``write_reports([run_dir, ...], formats, out_dir)`` reads each run once and writes
 one file per format, each to a temporary name renamed into place. One run's
 reports go to ``<run_dir>/report.<ext>``; several runs make one comparison,
-``<runs dir>/compare-<time>.<ext>``.
+``<runs dir>/compare-<time>.<ext>``. A data-parallel run's CSV comes with a second one
+beside it, ``<stem>-ranks.csv``: one row per sampled step and rank.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .data import SCHEMA_VERSION, RunData, load_run, summarize
 FORMATS = ("html", "md", "json", "csv")
 STEP_COLUMNS = ("step", "time", "loss", "lr", "grad_norm", "grad_norm_clipped", "clipped",
                 "examples_per_second")
+RANK_COLUMNS = ("step", "rank", "compute_s", "comm_s", "wait_s", "step_s", "payload_bytes")
 
 
 def to_json(reports: list[dict]) -> str:
@@ -38,6 +40,20 @@ def to_csv(runs: list[RunData]) -> str:
         cols = [run.steps[c] for c in STEP_COLUMNS]
         for row in zip(*cols):
             out.writerow([run.info.id, *("" if v is None else v for v in row), val.get(row[0], "")])
+    return buf.getvalue()
+
+
+def to_ranks_csv(runs: list[RunData]) -> str | None:
+    """One row per DistSample and rank (per run); None when no run is data parallel."""
+    if not any(run.samples["DistSample"] for run in runs):
+        return None
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(["run_id", *RANK_COLUMNS])
+    for run in runs:
+        for sample in run.samples["DistSample"]:
+            for rank in sample["ranks"]:
+                out.writerow([run.info.id, sample["step"], *(rank[c] for c in RANK_COLUMNS[1:])])
     return buf.getvalue()
 
 
@@ -70,5 +86,9 @@ def write_reports(run_dirs, formats=FORMATS, out_dir=None) -> list[Path]:
         path = out / f"{stem}.{fmt}"
         write_atomic(path, text)
         written.append(path)
+        ranks = to_ranks_csv(runs) if fmt == "csv" else None
+        if ranks is not None:
+            write_atomic(out / f"{stem}-ranks.csv", ranks)
+            written.append(out / f"{stem}-ranks.csv")
     return written
 

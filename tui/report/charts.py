@@ -16,12 +16,14 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from ..series import Series
-from .data import MEMORY_PARTS, RunData
+from .data import MEMORY_PARTS, RunData, rank_means, slowest_rank
 
 COLUMNS = 800               # points per series a chart draws at most (two per column)
 RC = {"svg.fonttype": "none", "svg.hashsalt": "lsml-tui", "font.size": 9,
       "axes.spines.top": False, "axes.spines.right": False}
 NO_METADATA = {"Creator": None, "Date": None, "Format": None, "Type": None}
+RANK_PARTS = (("compute_s", "compute", "tab:green"), ("comm_s", "comm", "tab:blue"),
+              ("wait_s", "wait", "tab:olive"))     # the dashboard panel's order and colours
 LABELS = {"param_bytes": "parameters", "grad_bytes": "gradients",
           "optimizer_state_bytes": "optimizer state", "saved_activation_bytes": "activations"}
 
@@ -198,6 +200,39 @@ def system_chart(run: RunData) -> str:
     return _svg(fig)
 
 
+@_styled
+def ranks_chart(runs: list[RunData]) -> str:
+    """Per rank, mean compute, comm and wait per sampled step, stacked: one bar per rank."""
+    several = len(runs) > 1
+    bars = []                                        # (label, rank means, slowest?)
+    for run in runs:
+        samples = run.samples["DistSample"]
+        slowest = slowest_rank(samples)
+        for k in rank_means(samples):
+            label = f"rank {k['rank']}"
+            if several:
+                label = f"{run.info.id} ({samples[-1]['sync']}), {label}"
+            bars.append((label, k, k["rank"] == slowest))
+    fig, ax = _figure(max(2.0, 0.35 * len(bars) + 1.2))
+    ys = range(len(bars))
+    left = [0.0] * len(bars)
+    for key, name, color in RANK_PARTS:
+        ms = [(k[key] or 0.0) * 1e3 for _, k, _ in bars]
+        ax.barh(list(ys), ms, left=left, color=color, label=name)
+        left = [a + b for a, b in zip(left, ms)]
+    for y, (_, _, slow) in zip(ys, bars):
+        if slow:
+            ax.annotate(" slowest", (left[y], y), va="center", fontsize=7)
+    ax.set_yticks(list(ys), [label for label, _, _ in bars], fontsize=7)
+    ax.invert_yaxis()                                # rank 0 on top
+    ax.margins(x=0.12)                               # room for the "slowest" mark
+    ax.set(xlabel="ms per step (mean over the sampled steps)",
+           title="Time per rank: compute, comm, wait" + (
+               "" if several else f" ({len(runs[0].samples['DistSample'])} sampled steps)"))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)   # beside the bars
+    return _svg(fig)
+
+
 def _gpu(sample: dict, index: int) -> dict:
     gpus = sample["sample"].get("gpus") or []
     return gpus[index] if index < len(gpus) else {}
@@ -205,10 +240,13 @@ def _gpu(sample: dict, index: int) -> dict:
 
 def charts(runs: list[RunData]) -> list[tuple[str, str]]:
     """(title, svg) of every chart the data supports: overlays for several runs."""
-    if len(runs) > 1:
-        return [("Loss", loss_chart(runs)), ("Gradient norm", grad_chart(runs))]
-    run = runs[0]
     out = [("Loss", loss_chart(runs)), ("Gradient norm", grad_chart(runs))]
+    parallel = [r for r in runs if r.samples["DistSample"]]
+    if parallel:
+        out.append(("Time per rank", ranks_chart(parallel)))
+    if len(runs) > 1:
+        return out
+    run = runs[0]
     if run.samples["LayerStats"]:
         out.append(("Saved activations per module", saved_bytes_chart(run)))
     if run.samples["MemorySample"]:

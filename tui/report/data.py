@@ -19,10 +19,14 @@ from lsml_tui.trainer.store import LIVE, RunInfo, open_run
 
 from ..format import describe
 
+# Adding an optional key is backward compatible (a reader of version 1 ignores what it does
+# not know), so "distributed" (null for a single-process run) did not bump the version.
 SCHEMA_VERSION = 1
-PROFILES = ("FlopTable", "LayerStats", "MemorySample", "TimingSample", "SystemSample")
+PROFILES = ("FlopTable", "LayerStats", "MemorySample", "TimingSample", "SystemSample",
+            "DistSample")
 MEMORY_PARTS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "saved_activation_bytes")
 FINAL_WINDOW = 10      # final_train_loss: mean of the last 10 finite losses, as the trainer's
+RANK_PARTS = ("compute_s", "comm_s", "wait_s", "step_s")
 
 
 @dataclass
@@ -126,6 +130,7 @@ def summarize(run: RunData) -> dict:
             "phase_seconds": timing["phases"],
         },
         "system": system_summary(run.samples["SystemSample"]),
+        "distributed": distributed_summary(run),
         "timeline": [timeline_entry(e) for e in run.events],
     }
 
@@ -139,6 +144,59 @@ def system_summary(samples: list[dict]) -> dict | None:
             "cpu_percent_mean": statistics.fmean(cpu) if cpu else None,
             "rss_bytes_max": max(rss, default=None),
             "gpus": samples[-1]["sample"].get("gpus") or []}
+
+
+def _mean(values) -> float | None:
+    finite = _finite(values)
+    return statistics.fmean(finite) if finite else None
+
+
+def rank_means(samples: list[dict]) -> list[dict]:
+    """Per rank, the mean compute, comm, wait and step seconds over the sampled steps, and
+    the share of its step spent communicating and waiting (ratios of those means)."""
+    ranks = sorted({r["rank"] for s in samples for r in s["ranks"]})
+    out = []
+    for rank in ranks:
+        rows = [r for s in samples for r in s["ranks"] if r["rank"] == rank]
+        means = {k: _mean(r[k] for r in rows) for k in RANK_PARTS}
+        step = means["step_s"]
+        out.append({"rank": rank, **means,
+                    "comm_share": means["comm_s"] / step if step else None,
+                    "wait_share": means["wait_s"] / step if step else None})
+    return out
+
+
+def slowest_rank(samples: list[dict]) -> int | None:
+    """The rank whose compute was the longest most often (the lower rank on a tie)."""
+    slowest = [s["slowest"] for s in samples]
+    return max(sorted(set(slowest)), key=slowest.count) if slowest else None
+
+
+def distributed_summary(run: RunData) -> dict | None:
+    """Data parallel: where each rank's step went, bytes and bandwidth, over every DistSample.
+    None for a single-process run."""
+    samples, config = run.samples["DistSample"], run.info.config
+    if not samples and (config.get("workers") or 1) <= 1:
+        return None
+    last = samples[-1] if samples else {}
+    batch = config.get("batch_size")                        # per rank
+    return {
+        "world_size": last.get("world_size", config.get("workers")),
+        "sync": last.get("sync", config.get("sync")),
+        "straggle": config.get("straggle"),
+        "samples": len(samples),
+        "ranks": rank_means(samples),
+        "slowest_rank": slowest_rank(samples),
+        # a synchronous step ends when its slowest rank's does: max over ranks, then the mean
+        "step_s_measured": _mean(max(r["step_s"] for r in s["ranks"]) for s in samples),
+        "step_s_predicted": _mean(s["predicted_step_s"] for s in samples),
+        **{k: _mean(s[k] for s in samples) for k in ("payload_bytes", "wire_bytes_per_rank",
+                                                      "busiest_link_bytes", "algbw", "busbw")},
+        "noise_scale": next((s["noise_scale"] for s in reversed(samples)
+                             if s["noise_scale"] is not None), None),
+        "global_batch": last.get("global_batch", batch * config["workers"] if batch else None),
+        "replicas_agree": all(s["replicas_agree"] for s in samples) if samples else None,
+    }
 
 
 def timeline_entry(e: dict) -> dict:

@@ -6,7 +6,8 @@ from html import escape
 
 from .charts import charts
 from .data import RunData
-from .tables import comparison_rows, config_rows, flops_rows, summary_rows
+from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
+                     distributed_summary_rows, flops_rows, summary_rows)
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
@@ -54,6 +55,10 @@ def render(runs: list[RunData], reports: list[dict]) -> str:
         if r["flops"]:
             parts += [f"<h2>FLOPs per step{level}</h2>",
                       _table(["module", "forward", "backward", "bwd/fwd", "share"], flops_rows(r))]
+        if r["distributed"]:
+            parts += [f"<h2>Data parallel{level}</h2>",
+                      _table(["figure", "value"], distributed_summary_rows(r)),
+                      _table(RANK_HEADER, distributed_rows(r))]
         parts += [f"<h2>Config{level}</h2>", _table(["key", "value"], config_rows(r)),
                   f"<h2>Timeline{level}</h2>",
                   '<div class="timeline">' + "\n".join(escape(e["text"]) for e in r["timeline"])

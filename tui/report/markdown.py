@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..format import milliseconds, nbytes
-from .tables import comparison_rows, config_rows, flops_rows, summary_rows
+from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
+                     distributed_summary_rows, flops_rows, summary_rows)
 
 
 def _cell(value) -> str:
@@ -52,6 +53,12 @@ def _run(r: dict, level: str) -> list[str]:
         phases = r["timing"]["phase_seconds"]
         out += [f"{level}# Step time by phase (latest sample)", "",
                 table(["phase", "time"], [[k, milliseconds(v)] for k, v in phases.items()]), ""]
+    if r["distributed"]:
+        out += [f"{level}# Data parallel", "",
+                table(["figure", "value"], distributed_summary_rows(r)), "",
+                "Mean time per sampled step on each rank; wait is time spent for the slowest "
+                "rank's compute, comm the rest of what the gradient sync exposed.", "",
+                table(RANK_HEADER, distributed_rows(r)), ""]
     out += [f"{level}# Config", "", table(["key", "value"], config_rows(r)), "",
             f"{level}# Timeline", ""]
     out += [f"- {e['text']}" for e in r["timeline"]] or ["- (no events recorded)"]

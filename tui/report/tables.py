@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from ..format import missing, nbytes, si
+from ..format import milliseconds, missing, nbytes, si
+
+# sync -> (bytes each rank sends, bytes through the busiest link): the formulas
+# profilers/comm.py's wire_bytes computes, for a gradient payload of M bytes on N ranks
+FORMULAS = {
+    "allreduce": ("ring 2(N-1)/N·M", "ring 2(N-1)/N·M"),
+    "bf16": ("ring 2(N-1)/N·M/2, bf16", "ring 2(N-1)/N·M/2, bf16"),
+    "ps": ("parameter server 2·M: M to rank 0, M back",
+           "parameter server 2(N-1)·M through rank 0"),
+    "powersgd": ("PowerSGD's low-rank factors: no fixed size",) * 2,
+}
+RANK_HEADER = ["rank", "compute", "comm", "wait", "step", "comm share", "wait share", ""]
 
 
 def _num(value, spec: str = ".4g") -> str:
@@ -35,6 +46,55 @@ def summary_rows(r: dict) -> list[list[str]]:
     return rows
 
 
+def _share(value) -> str:
+    return "N/A" if missing(value) else f"{value:.1%}"
+
+
+def distributed_rows(r: dict) -> list[list[str]]:
+    """One row per rank: mean seconds per sampled step (as ms) and the shares of its step."""
+    d = r["distributed"]
+    return [[str(k["rank"]), milliseconds(k["compute_s"]), milliseconds(k["comm_s"]),
+             milliseconds(k["wait_s"]), milliseconds(k["step_s"]), _share(k["comm_share"]),
+             _share(k["wait_share"]), "slowest" if k["rank"] == d["slowest_rank"] else ""]
+            for k in d["ranks"]]
+
+
+def distributed_summary_rows(r: dict) -> list[list[str]]:
+    """World size, sync, bytes by formula, bandwidth, measured against predicted step."""
+    d = r["distributed"]
+    per_rank, busiest = FORMULAS.get(d["sync"], (None, None))
+    noise = "N/A" if missing(d["noise_scale"]) else format(d["noise_scale"], ".3g")
+    agree = {True: "yes", False: "NO: the replicas' weights differ", None: "N/A"}
+    predicted = ("N/A (no --straggle)" if d["step_s_predicted"] is None else
+                 f"{milliseconds(d['step_s_predicted'])} (mean compute + E[max injected delay])")
+    return [
+        ["world size", f"{d['world_size']} ranks, global batch {d['global_batch'] or 'N/A'}"],
+        ["sync", d["sync"] or "N/A"],
+        ["straggler model (--straggle)", d["straggle"] or "none"],
+        ["sampled steps", f"{d['samples']:,}"],
+        ["gradient payload M per rank per step", nbytes(d["payload_bytes"])],
+        ["bytes sent per rank per step", _bytes_by(d["wire_bytes_per_rank"], per_rank)],
+        ["bytes through the busiest link per step", _bytes_by(d["busiest_link_bytes"], busiest)],
+        ["algbw / busbw", f"{si(d['algbw'], 'B/s')} / {si(d['busbw'], 'B/s')}"],
+        ["synchronous step: measured / predicted",
+         f"{milliseconds(d['step_s_measured'])} / {predicted}"],
+        ["slowest rank (longest compute, most often)",
+         "N/A" if d["slowest_rank"] is None else f"rank {d['slowest_rank']}"],
+        ["noise scale vs global batch", f"{noise} vs {d['global_batch'] or 'N/A'}"],
+        ["replicas agree", agree[d["replicas_agree"]]],
+    ]
+
+
+def _bytes_by(value, formula: str | None) -> str:
+    return nbytes(value) + (f" ({formula})" if formula else "")
+
+
+def _rank_share(d: dict, key: str) -> str:
+    """The share of all ranks' step time spent in `key` (comm_s or wait_s)."""
+    step = sum(k["step_s"] for k in d["ranks"])
+    return _share(sum(k[key] for k in d["ranks"]) / step if step else None)
+
+
 def flops_rows(r: dict) -> list[list[str]]:
     f = r["flops"]
     total = f["forward_per_step"] + f["backward_per_step"]
@@ -60,17 +120,25 @@ def comparison_rows(reports: list[dict]) -> list[list[str]]:
                 out.append("N/A")
         return out
     s = lambda r: r["summary"]  # noqa: E731
+    d = lambda r: r["distributed"]  # noqa: E731
     return [
         row("model", lambda r: r["model"]),
         row("optimizer", lambda r: r["optimizer"]),
         row("norm", lambda r: r["norm"]),
         row("lr", lambda r: _num(r["config"].get("lr"), "g")),
+        row("workers", lambda r: str(d(r)["world_size"] if d(r) else 1)),
+        row("sync", lambda r: d(r)["sync"]),
         row("status", lambda r: r["status"] + (" (partial)" if r["partial"] else "")),
         row("steps", lambda r: f"{s(r)['steps']:,}"),
         row("final train loss", lambda r: _num(s(r)["final_train_loss"])),
         row("final val loss", lambda r: _num(s(r)["final_val_loss"])),
         row("clip events", lambda r: f"{s(r)['clip_events']:,}"),
         row("steps/s", lambda r: _num(s(r)["steps_per_second"], ".1f")),
+        row("comm share", lambda r: _rank_share(d(r), "comm_s")),
+        row("wait share", lambda r: _rank_share(d(r), "wait_s")),
+        row("busiest link bytes/step", lambda r: _bytes_by(
+            d(r)["busiest_link_bytes"], FORMULAS.get(d(r)["sync"], (None, None))[1])),
+        row("bus bandwidth", lambda r: si(d(r)["busbw"], "B/s")),
         row("FLOPs fwd / bwd per step", lambda r: f"{si(r['flops']['forward_per_step'])} / "
                                                   f"{si(r['flops']['backward_per_step'])}"),
         row("achieved FLOP/s", lambda r: si(r["flops"]["achieved_flops_per_second"], "FLOP/s")),
