@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +32,8 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+
+import psutil
 
 from lsml_tui.trainer.config import RunConfig, resolve
 from lsml_tui.trainer.events import (LayerStats, MemorySample, RunStarted, StepMetrics,
@@ -38,42 +43,111 @@ from lsml_tui.tui.app import LsmlApp
 from lsml_tui.tui.bridge import ReplayBridge
 
 TMUX = shutil.which("tmux")
+SOCKET = f"lsml-bench-{os.getpid()}"   # a tmux server of our own: nobody else's sessions
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def tmux(*args: str) -> str:
-    return subprocess.run([TMUX, *args], capture_output=True, text=True).stdout
+    return subprocess.run([TMUX, "-L", SOCKET, *args], capture_output=True, text=True).stdout
+
+
+def _exit_on_signal(sig, frame):
+    """SIGTERM and SIGHUP unwind through every finally below, as Ctrl-C does."""
+    raise SystemExit(128 + sig)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Cleanup that a second Ctrl-C or a SIGTERM must not cut short: they wait until it is
+    done (blocked, so they stay pending), then end the benchmark."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while running(procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running(procs)
+
+
+def kill(procs: list[psutil.Process]) -> None:
+    for p in running(procs):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+@contextlib.contextmanager
+def dashboard(session: str, size: tuple[int, int], command: str):
+    """lsml-tui in a tmux session. However the block ends (done, an error, Ctrl-C,
+    SIGTERM): q, then the session closed (the dashboard ends on the hang-up), then whatever
+    of it is still running is killed. Nothing outlives the benchmark."""
+    tmux("new-session", "-d", "-s", session, "-x", str(size[0]), "-y", str(size[1]), command)
+    try:
+        yield
+    finally:
+        with uninterrupted():
+            pane = tmux("display-message", "-p", "-t", session, "#{pane_pid}").strip()
+            procs = tree(int(pane)) if pane.isdigit() else []   # the trainer included
+            tmux("send-keys", "-t", session, "q")
+            if wait_gone(procs, 10):
+                tmux("kill-session", "-t", session)
+                kill(wait_gone(procs, 15))
 
 
 def first_frame_seconds(runs_dir: str) -> float:
-    session = "lsml-bench-first"
-    tmux("kill-session", "-t", session)
     t0 = time.perf_counter()
-    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
-         f"{sys.executable} -m lsml_tui.tui.cli --model mlp --runs-dir {runs_dir}")
-    try:
-        while "norm" not in tmux("capture-pane", "-p", "-t", session):
+    with dashboard("first", (120, 40),
+                   f"{sys.executable} -m lsml_tui.tui.cli --model mlp --runs-dir {runs_dir}"):
+        while "norm" not in tmux("capture-pane", "-p", "-t", "first"):
             if time.perf_counter() - t0 > 60:
                 raise RuntimeError("no frame within 60 s")
             time.sleep(0.01)
         return time.perf_counter() - t0
-    finally:
-        tmux("send-keys", "-t", session, "q")
-        time.sleep(2)
-        tmux("kill-session", "-t", session)
 
 
 def headless_rate(args: list[str], runs_dir: str) -> float:
-    subprocess.run([sys.executable, "-m", "lsml_tui.tui.cli", "--headless", "--no-progress",
-                    *args, "--runs-dir", runs_dir], check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "lsml_tui.tui.cli", "--headless",
+                             "--no-progress", *args, "--runs-dir", runs_dir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate()
+    finally:
+        if proc.poll() is None:             # interrupted: on SIGTERM it records the run
+            with uninterrupted():
+                procs = tree(proc.pid)
+                proc.terminate()
+                kill(wait_gone(procs, 15))
+                proc.wait()
+    if proc.returncode:
+        raise RuntimeError(f"headless run failed ({proc.returncode}): {err.strip()}")
     return list_runs(runs_dir)[-1].summary["steps_per_second"]
 
 
 def dashboard_rate(args: list[str], runs_dir: str) -> float:
-    session = "lsml-bench-rate"
-    tmux("kill-session", "-t", session)
-    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "48",
-         f"{sys.executable} -m lsml_tui.tui.cli {' '.join(args)} --runs-dir {runs_dir}")
-    try:
+    with dashboard("rate", (160, 48),
+                   f"{sys.executable} -m lsml_tui.tui.cli {' '.join(args)} "
+                   f"--runs-dir {runs_dir}"):
         deadline = time.time() + 900
         while time.time() < deadline:
             runs = list_runs(runs_dir) if Path(runs_dir).exists() else []
@@ -81,10 +155,6 @@ def dashboard_rate(args: list[str], runs_dir: str) -> float:
                 return runs[-1].summary["steps_per_second"]
             time.sleep(0.5)
         raise RuntimeError("the dashboard run did not finish")
-    finally:
-        tmux("send-keys", "-t", session, "q")
-        time.sleep(2)
-        tmux("kill-session", "-t", session)
 
 
 class SyntheticBridge(ReplayBridge):
@@ -167,6 +237,16 @@ def main() -> None:
                     help="synthetic steps for the memory figure (marks up to 4,000,000)")
     ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
+    for sig in STOPS[1:]:
+        signal.signal(sig, _exit_on_signal)
+    try:
+        measure(args)
+    finally:
+        if TMUX:
+            tmux("kill-server")             # ours alone; nothing should be left on it
+
+
+def measure(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.memory_only:
             pass

@@ -1,5 +1,7 @@
 """End to end in a real terminal: lsml-tui in tmux, driven by keys, checked in the run store."""
 
+import collections
+import contextlib
 import re
 import shutil
 import signal
@@ -110,17 +112,24 @@ def test_train_headless_then_open_export_and_list_in_tmux(tmp_path):
     assert run.id in listing and "finished" in listing
 
 
-def start_dashboard(tmp_path, name):
+def start_dashboard(tmp_path, name, shell="", training=True):
     """lsml-tui in tmux on a long MLP run; after it exits the shell writes the exit status
     and the terminal's mode (raw mode left on would show as -icanon -echo). The mode goes
-    to a temporary name first: the test must never read the file half written."""
+    to a temporary name first: the test must never read the file half written. `shell`
+    runs in the shell first; without `training`, returns while the trainer starts.
+
+    COLUMNS and LINES (pytest exports 80x24) would override the pane's size for Textual;
+    a terminal's shell does not export them."""
     session = f"lsml-{name}-{tmp_path.name}"[:40]
     runs, after = tmp_path / "runs", tmp_path / "after"
     tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
-         f"{sys.executable} -m lsml_tui.tui.cli --model mlp --layers 1 --width 16 "
-         f"--steps 1000000 --runs-dir {runs}; echo $? > {after}.rc; "
+         f"unset COLUMNS LINES; {shell}{sys.executable} -m lsml_tui.tui.cli --model mlp "
+         f"--layers 1 --width 16 --steps 1000000 --runs-dir {runs}; echo $? > {after}.rc; "
          f"stty -a > {after}.tmp; mv {after}.tmp {after}")    # whole, or not there yet
-    wait_for(session, lambda t: step_on(t) > 30, "steps to advance")
+    if training:
+        wait_for(session, lambda t: step_on(t) > 30, "steps to advance")
+    else:
+        wait_for(session, lambda t: "starting the trainer" in t, "the dashboard")
     return session, runs, after
 
 
@@ -175,3 +184,134 @@ def test_a_killed_dashboard_takes_its_trainer_down_with_the_run_recorded(tmp_pat
         tmux("kill-session", "-t", session)
     run, = list_runs(runs)
     assert run.status == "interrupted" and run.steps > 30
+
+
+# -- the terminal goes away ------------------------------------------------------------------
+
+CLOSED_BOUND = 15.0     # the issue's bound: nothing of lsml-tui left this long after
+
+
+def family(runs) -> list[psutil.Process]:
+    """The dashboard (found by its command line) and every process under it, found while
+    alive: once the dashboard is gone its children can no longer be found through it."""
+    deadline = time.time() + 30
+    while not (found := strays(runs)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert found, "no dashboard found"
+    return found
+
+
+def strays(runs) -> list[psutil.Process]:
+    """Any dashboard whose command line names this test's runs dir (the tmux shell's does
+    too, as one string, so only an exact argument counts), and its children."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "lsml_tui.tui.cli" in cmd and str(runs) in cmd:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found += [p, *p.children(recursive=True)]
+    return found
+
+
+def alive(procs) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
+
+
+def left_after(procs, timeout: float = CLOSED_BOUND) -> str:
+    """Wait up to `timeout` for every process to end; describe those that did not."""
+    deadline = time.time() + timeout
+    while alive(procs) and time.time() < deadline:
+        time.sleep(0.1)
+    return "; ".join(f"{p.pid} {' '.join(p.cmdline())[:100]}" for p in alive(procs))
+
+
+def kill_all(procs) -> None:
+    """Whatever a failing test left running must not outlive it."""
+    for p in alive(procs):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+Dashboard = collections.namedtuple("Dashboard", "session runs after procs")
+
+
+@contextlib.contextmanager
+def ended_by_the_test(tmp_path, name, **start):
+    """lsml-tui in tmux for the test to end; once it has, nothing of it may be running 15 s
+    later. Whatever is left is killed, so no process outlives a failing test."""
+    session, runs, after = start_dashboard(tmp_path, name, **start)
+    procs = []
+    try:
+        procs = family(runs)
+        yield Dashboard(session, runs, after, procs)
+        left = left_after(procs)
+        assert not left, f"still running {CLOSED_BOUND:.0f} s later: {left}"
+    finally:
+        tmux("kill-session", "-t", session)
+        kill_all(procs + strays(runs))
+
+
+def read_when_there(path: Path, timeout: float = 30.0) -> str:
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    return path.read_text()
+
+
+@pytest.mark.parametrize("when", ["starting", "training", "quitting"])
+def test_closing_the_terminal_ends_everything_with_the_run_recorded(tmp_path, when):
+    """tmux kill-session is a closed window or a dropped SSH link: the pty hangs up, the shell
+    dies of SIGHUP and the kernel sends SIGHUP (and SIGCONT) to the dashboard. While the
+    trainer starts, while it trains, and just after q while the dashboard is stopping it."""
+    with ended_by_the_test(tmp_path, "hup", training=when != "starting") as d:
+        if when == "quitting":
+            tmux("send-keys", "-t", d.session, "q")
+            time.sleep(0.3)                 # the quit is under way: stopping the trainer
+        tmux("kill-session", "-t", d.session)
+    stored = list_runs(d.runs) if d.runs.exists() else []
+    if when != "starting":                  # while torch loads there may be no run yet
+        assert len(stored) == 1
+    assert all(run.status == "interrupted" for run in stored), stored
+
+
+def test_sigterm_ends_a_dashboard_whose_terminal_is_gone(tmp_path):
+    """Before the fix the dashboard hung once its terminal closed, and SIGTERM, handled on
+    the stuck event loop, did nothing. Sent 2 s after the terminal closed, it must end it
+    (unless the dashboard has ended by itself)."""
+    with ended_by_the_test(tmp_path, "term") as d:
+        tmux("kill-session", "-t", d.session)
+        time.sleep(2.0)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            d.procs[0].send_signal(signal.SIGTERM)
+    run, = list_runs(d.runs)
+    assert run.status == "interrupted"
+
+
+def test_a_terminal_gone_without_sighup_is_noticed(tmp_path):
+    """The shell ignores SIGHUP (as under nohup), so the kernel's SIGHUP stops at the shell
+    (the session leader) and nothing tells the dashboard its terminal hung up. It notices,
+    ends as on SIGHUP, and the shell, which outlives the terminal, records how."""
+    with ended_by_the_test(tmp_path, "nohup", shell="trap '' HUP; ") as d:
+        tmux("kill-session", "-t", d.session)
+    run, = list_runs(d.runs)
+    assert run.status == "interrupted"
+    assert int(read_when_there(Path(f"{d.after}.rc"))) == 128 + signal.SIGHUP
+
+
+def test_a_second_signal_ends_at_once_with_the_terminal_restored(tmp_path):
+    """The path the deadline takes, on a live terminal: the trainer stopped without the
+    event loop, the terminal's mode restored, 128 + the signal."""
+    with ended_by_the_test(tmp_path, "twice") as d:
+        d.procs[0].send_signal(signal.SIGTERM)
+        time.sleep(0.1)                     # two deliveries, not one pending twice
+        d.procs[0].send_signal(signal.SIGTERM)
+    mode = read_when_there(d.after)
+    run, = list_runs(d.runs)
+    assert run.status == "interrupted"
+    assert int(Path(f"{d.after}.rc").read_text()) == 128 + signal.SIGTERM
+    assert " icanon" in mode and " echo" in mode                 # the terminal is restored

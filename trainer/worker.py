@@ -27,6 +27,8 @@ def worker_main(config: dict, config_toml: str, commands, events) -> None:
     ``None`` on `events` marks the end; a ``None`` command stops the forwarder.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the UI owns Ctrl-C and sends Stop
+    for sig in (signal.SIGTERM, signal.SIGHUP):     # a hang-up reaches us too (same process
+        signal.signal(sig, signal.SIG_IGN)          # group): until the run can record it
     _redirect_output(os.devnull)                   # never write over the dashboard
     from . import commands as C
     from .config import RunConfig

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import signal
 import time
 
 from textual.app import App, ComposeResult, SystemCommand
@@ -22,6 +21,7 @@ from lsml_tui.trainer import specs
 from lsml_tui.trainer.config import ConfigError, RunConfig, check_clip, check_lr, resolve
 from lsml_tui.trainer.events import RunFinished, RunStarted
 
+from . import lifeline
 from .bridge import TrainerBridge, prepare_processes, thin
 from .panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel, LossPanel,
                      MemoryPanel, StatusLine, SystemPanel)
@@ -81,6 +81,7 @@ class LsmlApp(App):
         self.following = False      # a live run started elsewhere, commanded through its store
         self._replay_done = False
         self.return_signal: int | None = None
+        self._quitting = False      # a second quit (q again, a signal) leaves it to the first
         self.thinned = 0            # step metrics not drawn during a flood (all are stored)
         self._thin_told = float("-inf")
         self._crash_reported = False
@@ -101,16 +102,18 @@ class LsmlApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):   # as q: stop, record, exit
-            loop.add_signal_handler(sig, self.on_signal, sig)
-        self.start_trainer()
+        if not self.is_headless:    # SIGTERM, SIGHUP, SIGINT, a hung-up terminal: as q, and
+            lifeline.install()      # a deadline that does not need this loop (lifeline.py)
+            lifeline.attach(self, asyncio.get_running_loop())
+        if self.return_signal is None:      # signalled while starting: nothing to start
+            self.start_trainer()
         self.set_interval(1 / REDRAW_HZ, self.tick)
         self.tick()
 
     def on_signal(self, sig: int) -> None:
         """SIGTERM, SIGHUP or SIGINT: quit as q does; the shell sees 128 + the signal."""
-        self.return_signal = sig
+        if self.return_signal is None:
+            self.return_signal = sig
         self.call_later(self.action_quit)
 
     def on_resize(self, event) -> None:
@@ -318,6 +321,9 @@ class LsmlApp(App):
                     self.final = e
 
     async def action_quit(self) -> None:
+        if self._quitting:          # exiting now would leave the trainer to stop unwatched
+            return
+        self._quitting = True
         await self.stop_trainer()
         self.exit(self.final.status if self.final else None)
 

@@ -59,15 +59,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def run_dashboard(cfg: RunConfig) -> int:
     """Open the dashboard; the trainer runs in its own process. No torch in this one."""
+    from lsml_tui.tui import lifeline
     from lsml_tui.tui.app import LsmlApp
     app = LsmlApp(cfg)
+    lifeline.install()          # before the app takes the terminal: covers its start and exit
     try:
         status = app.run()
     finally:                    # however the app ended, the trainer does not outlive it
         if app.bridge is not None:
             app.bridge.stop()
     if app.run_dir:
-        print(f"{PROG}: run {status or 'ended'}; stored in {app.run_dir}", file=sys.stderr)
+        try:
+            print(f"{PROG}: run {status or 'ended'}; stored in {app.run_dir}", file=sys.stderr,
+                  flush=True)
+        except OSError:         # the terminal is gone (EIO): nobody to tell
+            pass
     return 128 + app.return_signal if app.return_signal else 0
 
 
