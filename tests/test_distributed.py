@@ -263,7 +263,8 @@ def test_every_command_reaches_every_rank_and_the_replicas_stay_identical(tmp_pa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_more_cuda_ranks_than_gpus_are_refused(tmp_path):
     n = torch.cuda.device_count() + 1
-    proc = run_cli("--headless", "--device", "cuda", "--workers", str(n),
-                   "--runs-dir", str(tmp_path / "runs"))
-    assert proc.returncode == 2 and f"--workers {n}" in proc.stderr
-    assert not (tmp_path / "runs").exists()
+    for mode in (["--headless"], []):                  # headless, and before the dashboard
+        proc = run_cli(*mode, "--device", "cuda", "--workers", str(n),
+                       "--runs-dir", str(tmp_path / "runs"))
+        assert proc.returncode == 2 and f"--workers {n}" in proc.stderr
+        assert not (tmp_path / "runs").exists()

@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if "headless" in args:
             from lsml_tui.trainer.headless import run_headless  # imports torch
             return run_headless(cfg, json_out="json" in args, progress="no_progress" not in args)
+        if cfg.workers > 1 and cfg.device != "cpu":     # more CUDA ranks than GPUs: refuse
+            from lsml_tui.trainer.launch import check_workers   # now (this imports torch)
+            check_workers(cfg)
         return run_dashboard(cfg)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
