@@ -1,7 +1,9 @@
+import contextlib
 import json
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 
@@ -21,3 +23,13 @@ def run_json(*args: str, cwd=None) -> dict:
 @pytest.fixture
 def runs_dir(tmp_path):
     return tmp_path / "runs"
+
+
+def alive(procs) -> list[psutil.Process]:
+    """Those still running (a zombie has exited: its parent or init reaps it)."""
+    out = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out

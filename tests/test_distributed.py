@@ -21,7 +21,7 @@ from lsml_tui.trainer.events import CommandApplied, RunFinished, StepMetrics
 from lsml_tui.trainer.store import list_runs, open_run
 from lsml_tui.tui.bridge import TrainerBridge
 
-from tests.conftest import run_cli, run_json
+from tests.conftest import alive, run_cli, run_json
 from tests.test_trainer import quick, run_with
 
 SMALL = ("--model", "mlp", "--layers", "1", "--width", "16", "--device", "cpu")
@@ -35,18 +35,11 @@ def descendants(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def none_alive(procs, timeout=30.0) -> bool:
-    gone, alive = psutil.wait_procs(procs, timeout=timeout)
-    alive = [p for p in alive if _running(p)]       # a zombie has exited; init reaps it
-    for p in alive:                                 # leave nothing behind, then fail
+    _, left = psutil.wait_procs(procs, timeout=timeout)
+    left = alive(left)
+    for p in left:                                  # leave nothing behind, then fail
         p.kill()
-    return not alive
-
-
-def _running(p: psutil.Process) -> bool:
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return not left
 
 
 INJECT = """

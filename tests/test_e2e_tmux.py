@@ -16,6 +16,8 @@ import pytest
 
 from lsml_tui.trainer.store import DB_NAME, list_runs
 
+from tests.conftest import alive
+
 TMUX = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
 
@@ -211,15 +213,6 @@ def strays(runs) -> list[psutil.Process]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 found += [p, *p.children(recursive=True)]
     return found
-
-
-def alive(procs) -> list[psutil.Process]:
-    out = []
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-    return out
 
 
 def left_after(procs, timeout: float = CLOSED_BOUND) -> str:
