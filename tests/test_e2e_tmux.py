@@ -114,7 +114,7 @@ def test_train_headless_then_open_export_and_list_in_tmux(tmp_path):
     assert run.id in listing and "finished" in listing
 
 
-def start_dashboard(tmp_path, name, shell="", training=True):
+def start_dashboard(tmp_path, name, shell="", training=True, args=""):
     """lsml-tui in tmux on a long MLP run; after it exits the shell writes the exit status
     and the terminal's mode (raw mode left on would show as -icanon -echo). The mode goes
     to a temporary name first: the test must never read the file half written. `shell`
@@ -126,7 +126,8 @@ def start_dashboard(tmp_path, name, shell="", training=True):
     runs, after = tmp_path / "runs", tmp_path / "after"
     tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
          f"unset COLUMNS LINES; {shell}{sys.executable} -m lsml_tui.tui.cli --model mlp "
-         f"--layers 1 --width 16 --steps 1000000 --runs-dir {runs}; echo $? > {after}.rc; "
+         f"--layers 1 --width 16 --steps 1000000 --runs-dir {runs} {args}; "
+         f"echo $? > {after}.rc; "
          f"stty -a > {after}.tmp; mv {after}.tmp {after}")    # whole, or not there yet
     if training:
         wait_for(session, lambda t: step_on(t) > 30, "steps to advance")
@@ -270,6 +271,16 @@ def test_closing_the_terminal_ends_everything_with_the_run_recorded(tmp_path, wh
     if when != "starting":                  # while torch loads there may be no run yet
         assert len(stored) == 1
     assert all(run.status == "interrupted" for run in stored), stored
+
+
+def test_closing_the_terminal_stops_every_rank_of_a_data_parallel_run(tmp_path):
+    """--workers 2: the dashboard's trainer process is the launcher of two ranks; a hang-up
+    reaches all of them, rank 0 ships the stop and every rank ends at one step."""
+    with ended_by_the_test(tmp_path, "ddp", args="--workers 2 --device cpu") as d:
+        assert len(d.procs) >= 4            # dashboard, launcher and two ranks at least
+        tmux("kill-session", "-t", d.session)
+    run, = list_runs(d.runs)
+    assert run.status == "interrupted" and run.summary["world_size"] == 2
 
 
 def test_sigterm_ends_a_dashboard_whose_terminal_is_gone(tmp_path):
