@@ -34,36 +34,41 @@ def ranks_breakdown(rows: list[dict]) -> list[dict]:
     return out
 
 
-def wire_bytes(sync: str, payload: float, n: int) -> dict:
-    """Bytes each rank sends per step, and through the busiest link, by the algorithm's formula.
+def _on_the_wire(sync: str, payload: float) -> float | None:
+    """What the collective moves for M gradient bytes: bf16 halves it; PowerSGD's low-rank
+    factors have no fixed size (None)."""
+    return None if sync == "powersgd" else payload / 2 if sync == "bf16" else payload
 
-    Ring all-reduce: 2(N-1) rounds of payload/N each, so 2(N-1)/N * M per rank and per link.
-    Parameter server: every worker sends M to rank 0 and gets M back, so rank 0's link
-    carries 2(N-1) * M. bf16 is a ring all-reduce of half the bytes; PowerSGD's low-rank
-    factors have no fixed size (None).
-    """
+
+def _link_factor(sync: str, n: int) -> float:
+    """Bytes through the busiest link per byte moved. Ring all-reduce: 2(N-1) rounds of M/N
+    each, 2(N-1)/N. Parameter server: every worker sends M to rank 0 and gets M back, so
+    rank 0's link carries 2(N-1) M."""
+    return 2.0 * (n - 1) if sync == "ps" else 2.0 * (n - 1) / n
+
+
+def wire_bytes(sync: str, payload: float, n: int) -> dict:
+    """Bytes each rank sends per step, and through the busiest link, by the algorithm's
+    formula: ring 2(N-1)/N * M per rank and per link; a parameter server's worker 2 M, its
+    rank 0 2(N-1) * M (see _link_factor)."""
     if n < 2:
         return {"per_rank": 0.0, "busiest_link": 0.0}
-    if sync == "powersgd":
+    moved = _on_the_wire(sync, payload)
+    if moved is None:
         return {"per_rank": None, "busiest_link": None}
-    if sync == "bf16":
-        payload /= 2
-    if sync == "ps":
-        return {"per_rank": 2.0 * payload, "busiest_link": 2.0 * (n - 1) * payload}
-    ring = 2.0 * (n - 1) / n * payload
-    return {"per_rank": ring, "busiest_link": ring}
+    busiest = _link_factor(sync, n) * moved
+    return {"per_rank": 2.0 * moved if sync == "ps" else busiest, "busiest_link": busiest}
 
 
 def bandwidth(sync: str, payload: float, seconds: float, n: int) -> dict:
-    """nccl-tests' convention: algbw = payload / time; for all-reduce busbw = algbw * 2(N-1)/N
-    (the rate the busiest link really ran at), for a parameter server busbw = algbw * 2(N-1)."""
-    if seconds <= 0 or n < 2 or sync == "powersgd":
+    """nccl-tests' convention: algbw = bytes moved / time, busbw = algbw times the busiest
+    link's factor (2(N-1)/N for all-reduce, 2(N-1) for a parameter server): the rate that
+    link really ran at."""
+    moved = _on_the_wire(sync, payload)
+    if seconds <= 0 or n < 2 or moved is None:
         return {"algbw": None, "busbw": None}
-    if sync == "bf16":
-        payload /= 2
-    algbw = payload / seconds
-    factor = 2.0 * (n - 1) if sync == "ps" else 2.0 * (n - 1) / n
-    return {"algbw": algbw, "busbw": algbw * factor}
+    algbw = moved / seconds
+    return {"algbw": algbw, "busbw": algbw * _link_factor(sync, n)}
 
 
 def expected_max_delay(straggle: tuple, n: int, draws: int = 20_000) -> float:

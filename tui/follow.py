@@ -5,17 +5,15 @@ commands go into the store's commands table, which the run's recorder polls.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import sqlite3
 from pathlib import Path
 
 from lsml_tui.trainer import commands as C
-from lsml_tui.trainer.events import ClipEvent, StepMetrics, ValMetrics, event_from_payload
 from lsml_tui.trainer.store import DB_NAME, FINAL, open_run, send_command
 
 from .bridge import ReplayBridge
+from .replay import merge_rows
 
 BATCH = 20_000          # rows of each table read per tick: a long run catches up in chunks
 
@@ -55,12 +53,10 @@ class FollowBridge(ReplayBridge):
             self.process.alive = False
             self._con.close()
             return []
-        counter = itertools.count()                 # a tie-breaker: events never compare
-        merged = heapq.merge(*(sorted((s, rank, next(counter), e) for s, rank, e in stream)
-                               for stream in rows))
-        return [e for _s, _rank, _n, e in merged]
+        return list(merge_rows(*rows))
 
     def _new_rows(self) -> list[list]:
+        """What each table committed since the last look (at most BATCH rows of each)."""
         last, q = self._last, self._con.execute
         steps = q("SELECT * FROM steps WHERE step > ? ORDER BY step LIMIT ?",
                   (last["steps"], BATCH)).fetchall()
@@ -75,17 +71,10 @@ class FollowBridge(ReplayBridge):
                          ("samples", samples), ("events", events)):
             if got:
                 last[key] = got[-1][0]              # the step, or the row id
-        return [
-            [(s, 1, StepMetrics(s, loss, lr, g, bool(c), eps, t))
-             for s, t, loss, lr, g, _after, c, eps in steps],
-            [(s, 2, ClipEvent(s, g, th, sc)) for s, g, th, sc in clips],
-            [(s, 3, ValMetrics(s, loss)) for s, _t, loss in val],
-            [(s, 4, event_from_payload(kind, {**json.loads(p), "step": s}))
-             for _id, s, kind, p in samples],
-            [(s, 0 if kind == "RunStarted" else 5,
-              event_from_payload(kind, {**json.loads(p), "step": s, "time": t}))
-             for _id, s, t, kind, p in events],
-        ]
+        return [steps, clips, val,
+                [(s, kind, json.loads(p)) for _id, s, kind, p in samples],
+                [{**json.loads(p), "step": s, "time": t, "kind": kind}
+                 for _id, s, t, kind, p in events]]
 
     def send(self, cmd: C.Command) -> None:
         if not self.ended:

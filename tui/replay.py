@@ -22,22 +22,31 @@ from .bridge import ReplayBridge
 CHUNK = 50_000          # events handed to the panels per tick
 
 
+def merge_rows(steps, clips, vals, samples, events):
+    """Stored rows back as the trainer's events, merged in step order (the trainer's order
+    within a step). Each argument is iterated once, already in step order: the rows of the
+    steps, clips and val tables, samples as (step, kind, payload dict), events as dicts."""
+    streams = (
+        ((e["step"], 0 if e["kind"] == "RunStarted" else 5, event_from_payload(e["kind"], e))
+         for e in events),
+        ((s, 1, StepMetrics(s, loss, lr, g, bool(c), eps, t))
+         for s, t, loss, lr, g, _after, c, eps in steps),
+        ((s, 2, ClipEvent(s, g, th, sc)) for s, g, th, sc in clips),
+        ((s, 3, ValMetrics(s, loss)) for s, _t, loss in vals),
+        ((s, 4, event_from_payload(kind, {**payload, "step": s})) for s, kind, payload in samples),
+    )
+    counter = itertools.count()         # a tie-breaker: events never compare
+    merged = heapq.merge(*(((s, rank, next(counter), e) for s, rank, e in stream)
+                           for stream in streams))
+    for _s, _rank, _n, event in merged:
+        yield event
+
+
 def recorded_events(run_dir):
-    """Every recorded event of the run, in step order (the trainer's order within a step)."""
+    """Every recorded event of the run, in step order."""
     with open_run(run_dir) as r:
-        steps = ((s, 1, StepMetrics(s, loss, lr, g, bool(c), eps, t))
-                 for s, t, loss, lr, g, _after, c, eps in r.iter_rows("steps"))
-        clips = ((s, 2, ClipEvent(s, g, th, sc)) for s, g, th, sc in r.iter_rows("clips"))
-        vals = ((s, 3, ValMetrics(s, loss)) for s, _t, loss in r.iter_rows("val"))
-        samples = ((s, 4, event_from_payload(kind, {**payload, "step": s}))
-                   for s, kind, payload in r.iter_rows("samples"))
-        events = ((e["step"], 0 if e["kind"] == "RunStarted" else 5,
-                   event_from_payload(e["kind"], e)) for e in r.events())
-        counter = itertools.count()         # a tie-breaker: events never compare
-        merged = heapq.merge(*(((s, rank, next(counter), e) for s, rank, e in stream)
-                               for stream in (events, steps, clips, vals, samples)))
-        for _s, _rank, _n, event in merged:
-            yield event
+        yield from merge_rows(r.iter_rows("steps"), r.iter_rows("clips"), r.iter_rows("val"),
+                              r.iter_rows("samples"), r.events())
 
 
 class RecordedBridge(ReplayBridge):
