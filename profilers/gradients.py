@@ -25,9 +25,7 @@ def update_ratios(before: list[torch.Tensor], params: list[torch.Tensor]) -> tor
     return torch.stack(torch._foreach_norm(deltas)) / torch.stack(torch._foreach_norm(before)).clamp_min(1e-12)
 
 
-def first_nonfinite(names: list[str], params: list[torch.Tensor]) -> str | None:
-    """The first parameter, in module order, whose gradient holds a NaN or an Inf."""
-    for name, value in zip(names, grad_norms(params).tolist()):
-        if not math.isfinite(value):
-            return name
-    return None
+def first_nonfinite(names: list[str], norms: list[float]) -> str | None:
+    """The first parameter, in module order, whose gradient norm is NaN or Inf (a gradient
+    holding a NaN or an Inf has a non-finite norm)."""
+    return next((name for name, v in zip(names, norms) if not math.isfinite(v)), None)

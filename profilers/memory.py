@@ -33,6 +33,11 @@ class SavedActivationMeter:
     def total(self) -> int:
         return sum(self.by_module.values())
 
+    @property
+    def count(self) -> int:
+        """Storages counted."""
+        return len(self._seen)
+
     def _pre(self, module, args):
         self._stack.append(self._names.get(id(module), ""))
 

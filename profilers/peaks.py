@@ -1,47 +1,80 @@
-"""Peak FLOP/s for MFU: a table for CUDA GPUs, a short measurement for CPUs."""
+"""Peak FLOP/s for MFU, per math mode: a table for CUDA GPUs, a short measurement for CPUs."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
 import torch
 
-# Dense peak FLOP/s by GPU model and math mode, from the vendors' data sheets.
-# Longer names first: "H100 PCIe" must match before "H100".
-CUDA_PEAKS = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},
-    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
-    "L40S": {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12},
-    "L4": {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
-    "A10": {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
-    "RTX 4090": {"bf16": 165e12, "fp16": 165e12, "tf32": 82.6e12, "fp32": 82.6e12},
-    "RTX 3090": {"bf16": 71e12, "fp16": 71e12, "tf32": 35.6e12, "fp32": 35.6e12},
-    "V100": {"fp16": 125e12, "fp32": 15.7e12},
-    "T4": {"fp16": 65e12, "fp32": 8.1e12},
-}
+MODES = ("fp32", "tf32", "bf16", "fp16")
+_CPU_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Dense TFLOPS (no 2:4 sparsity) per math mode, from NVIDIA's data sheets: where a sheet gives only the
+# sparse "*" figure it is halved. fp16/bf16 are with FP32 accumulate, as PyTorch's matmuls run. None: no
+# such tensor-core mode. The name matching follows Lightning's get_available_flops
+# (lightning/fabric/utilities/throughput.py); its _CUDA_FLOPS differs here, and we use the sheets:
+#  - H200: Lightning keys "h200 sxm1"/"h200 nvl1", which real names ("NVIDIA H200") never match, and
+#    lists H200 NVL as 420/840; GH200 (a GH100 at H100 SXM clocks) it lacks; "L40S" it maps to L4.
+#  - RTX 4090 / 3090: Lightning gives bf16 = fp32 (82.6 / 35.6); the Ada and GA102 whitepapers give
+#    165.2 / 71 dense BF16 with FP32 accumulate.
+#  - A10G: no NVIDIA sheet; Lightning reuses the A10's (125 bf16). Its 80 SMs at 1.71 GHz with GA102's
+#    GeForce-rate tensor cores give 35 / 35 / 70 / 70; public bf16 matmul runs on it reach ~69.5.
+# Each row: model, name token sets ("|" separates alternatives; all tokens of one must appear in the
+# device name), then fp32, tf32, bf16, fp16. More specific rows come first.
+_GPUS = [
+    # H100 data sheet (SXM, NVL, PCIe columns); H200 data sheet; GH200 data sheet
+    ("H100 NVL", "h100 nvl", 60, 417.5, 835.5, 835.5),
+    ("H100 PCIe", "h100 pcie|h100 hbm2e", 51, 378, 756.5, 756.5),
+    ("H100 SXM", "h100 hbm3|h100 sxm5", 67, 494.5, 989.5, 989.5),
+    ("H200 NVL", "h200 nvl", 60, 417.5, 835.5, 835.5),
+    ("H200", "h200", 67, 494.5, 989.5, 989.5),
+    ("GH200", "gh200", 67, 494.5, 989.5, 989.5),
+    # A100 data sheet (SXM4 and PCIe alike), A40, A10 data sheets; A10G see above
+    ("A100", "a100", 19.5, 156, 312, 312),
+    ("A40", "a40", 37.4, 74.8, 149.7, 149.7),
+    ("A10G", "a10g", 35, 35, 70, 70),
+    ("A10", "a10", 31.2, 62.5, 125, 125),
+    # L40S, L40, L4 data sheets
+    ("L40S", "l40s", 91.6, 183, 362.05, 362.05),
+    ("L40", "l40", 90.5, 90.5, 181.05, 181.05),
+    ("L4", "l4", 30.3, 60, 121, 121),
+    # Ada whitepaper (RTX 4090), GA102 whitepaper (RTX 3090): GeForce columns, FP32 accumulate
+    ("RTX 4090", "rtx 4090", 82.6, 82.6, 165.2, 165.2),
+    ("RTX 3090", "rtx 3090", 35.6, 35.6, 71, 71),
+    # T4 data sheet ("mixed precision" = fp16); V100 data sheet (SXM2, PCIe, V100S PCIe)
+    ("T4", "t4", 8.1, None, None, 65),
+    ("V100 SXM2", "v100 sxm2", 15.7, None, None, 125),
+    ("V100 PCIe", "v100 pcie", 14, None, None, 112),
+    ("V100S PCIe", "v100s", 16.4, None, None, 130),
+]
 
 
-def math_mode(dtype: torch.dtype) -> str:
-    if dtype == torch.bfloat16:
-        return "bf16"
-    if dtype == torch.float16:
-        return "fp16"
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
-
-
-def cuda_peak(device_name: str, dtype: torch.dtype) -> float | None:
-    """The table's peak for this GPU and dtype, or None for a GPU not in the table."""
-    mode = math_mode(dtype)
-    for model, peaks in CUDA_PEAKS.items():
-        if model in device_name:
-            return peaks.get(mode)
+def _match(device_name: str) -> tuple | None:
+    tokens = set(re.findall(r"[a-z0-9]+", device_name.lower()))
+    for row in _GPUS:
+        if any(set(alt.split()) <= tokens for alt in row[1].split("|")):
+            return row
     return None
+
+
+def gpu_model(device_name: str) -> str | None:
+    """The table's model for a torch.cuda.get_device_name() string, e.g. "H100 SXM"; None if unknown."""
+    row = _match(device_name)
+    return row[0] if row else None
+
+
+def cuda_peak(device_name: str, mode: str) -> float | None:
+    """Dense peak FLOP/s of this GPU in this math mode; None for an unknown GPU or a mode it lacks."""
+    if mode not in MODES:
+        raise ValueError(f"unknown math mode {mode!r}; expected one of {MODES}")
+    row = _match(device_name)
+    tflops = row[2 + MODES.index(mode)] if row else None
+    return None if tflops is None else tflops * 1e12
 
 
 def _cache_path() -> Path:
@@ -49,29 +82,36 @@ def _cache_path() -> Path:
     return Path(root) / "lsml-tui" / "cpu-peak.json"
 
 
-def measure_cpu_peak(n: int = 512, seconds: float = 0.3) -> float:
-    """Best fp32 matmul FLOP/s over repeated n x n products on this CPU."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def measure_cpu_peak(n: int = 512, seconds: float = 0.3, dtype: torch.dtype = torch.float32) -> float:
+    """Best matmul FLOP/s over repeated n x n products in `dtype` on this CPU."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
         a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+        best = max(best, 2 * n**3 / max(time.perf_counter() - t0, 1e-9))
     return best
 
 
-def cpu_peak(cache: Path | None = None) -> float:
-    """This machine's measured CPU peak, cached per CPU, thread count and torch version."""
+def cpu_peak(mode: str = "fp32", cache: Path | None = None) -> float:
+    """This CPU's measured peak in `mode`, cached per CPU, thread count, torch version and mode.
+
+    bf16/fp16 time a matmul in that dtype (CPU autocast runs matmuls in bf16); tf32 is fp32 on a CPU.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown math mode {mode!r}; expected one of {MODES}")
+    mode = "fp32" if mode == "tf32" else mode
     cache = cache or _cache_path()
-    key = f"{platform.processor() or platform.machine()}|{torch.get_num_threads()}|{torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    key = f"{cpu}|{torch.get_num_threads()}|{torch.__version__}|{mode}"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
     if key in known:
         return float(known[key])
-    peak = measure_cpu_peak()
+    peak = measure_cpu_peak(dtype=_CPU_DTYPES[mode])
     known[key] = peak
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -83,9 +123,10 @@ def cpu_peak(cache: Path | None = None) -> float:
     return peak
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float | None:
+def peak_flops(device: torch.device, mode: str = "fp32") -> float | None:
+    """Peak FLOP/s of `device` in math mode `mode`, or None where it is unknown."""
     if device.type == "cuda":
-        return cuda_peak(torch.cuda.get_device_name(device), dtype)
+        return cuda_peak(torch.cuda.get_device_name(device), mode)
     if device.type == "cpu":
-        return cpu_peak()
+        return cpu_peak(mode)
     return None

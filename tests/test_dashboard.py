@@ -87,6 +87,7 @@ def test_panels_fill_from_the_live_trainer(tmp_path):
         # 2 * B * (32*16 + 16*10) forward FLOPs for the 1-layer MLP at batch 128
         assert flops is not None and flops.forward == 2 * 128 * (32 * 16 + 16 * 10)
         assert status(app)["device"] == "cpu" and status(app)["status"] == "training"
+        assert status(app)["precision"] == "fp32"                 # auto on a CPU
         assert any(line.startswith("run ") for line in app.query_one(EventsPanel).history)
     scenario(config(tmp_path, device="cpu"), body)      # the device the status line must name
 

@@ -18,15 +18,19 @@ from lsml_tui.trainer.store import open_run
 
 from tests.test_trainer import new_store, quick, run_with, wait_for
 
+# Each policy holds whether a step's values are read at once (CPU) or a step late, after
+# the next step is queued (CUDA; here the same logic on CPU): see trainer/guard.py.
+LATE = pytest.mark.parametrize("late", [False, True], ids=["read-now", "read-late"])
+
 
 class Live:
     """The trainer on a thread, its events on a queue; always stopped at the end."""
 
-    def __init__(self, cfg, prepare=None):
+    def __init__(self, cfg, prepare=None, late=None):
         self.events: queue.Queue = queue.Queue()
         self.store = new_store(cfg)
         self.trainer = Trainer(cfg, sink=lambda batch: [self.events.put(e) for e in batch],
-                               store=self.store)
+                               store=self.store, late_readback=late)
         if prepare:
             prepare(self.trainer)
         self.thread = threading.Thread(target=self.trainer.run, daemon=True)
@@ -52,10 +56,11 @@ def nan_loss_from(step):
     return prepare
 
 
-def test_on_diverge_pause_then_lower_lr_rewind_and_resume(tmp_path):
+@LATE
+def test_on_diverge_pause_then_lower_lr_rewind_and_resume(tmp_path, late):
     cfg = quick(tmp_path, optimizer="sgd", lr=1e6, clip=None, steps=10**6, on_diverge="pause",
                 snapshot_every=5)
-    with Live(cfg) as live:
+    with Live(cfg, late=late) as live:
         diverged = live.wait(Diverged)
         assert diverged.action == "pause" and "rewind" in diverged.message
         assert live.trainer.paused and live.trainer.step == diverged.step   # nothing recorded
@@ -73,9 +78,10 @@ def test_on_diverge_pause_then_lower_lr_rewind_and_resume(tmp_path):
     assert all(math.isfinite(v) for v in steps["loss"])        # the NaN step was never recorded
 
 
-def test_on_diverge_skip_counts_and_stops_after_the_skip_limit(tmp_path):
+@LATE
+def test_on_diverge_skip_counts_and_stops_after_the_skip_limit(tmp_path, late):
     cfg = quick(tmp_path, on_diverge="skip", skip_limit=3, steps=100)
-    trainer, rec, st = run_with(cfg, prepare=nan_loss_from(5))
+    trainer, rec, st = run_with(cfg, prepare=nan_loss_from(5), late=late)
     skipped = rec.of(NonFiniteGradients)
     assert [e.step for e in skipped] == [5, 6, 7]              # 3 in a row, then stop
     assert all(e.parameter == "(loss)" for e in skipped)
@@ -89,27 +95,29 @@ def test_on_diverge_skip_counts_and_stops_after_the_skip_limit(tmp_path):
         info.summary["final_train_loss"])                     # the mean skips the NaNs
 
 
-def test_non_finite_gradients_are_skipped_named_and_stop_after_k_in_a_row(tmp_path):
+@LATE
+def test_non_finite_gradients_are_skipped_named_and_stop_after_k_in_a_row(tmp_path, late):
     cfg = quick(tmp_path, skip_limit=4, steps=100)
 
     def poison(trainer):                       # a finite loss, a NaN gradient for one weight
         name, param = list(trainer.model.named_parameters())[-1]
         param.register_hook(lambda g: g * math.nan if trainer.step >= 10 else g)
         trainer.poisoned = name
-    trainer, rec, st = run_with(cfg, prepare=poison)
+    trainer, rec, st = run_with(cfg, prepare=poison, late=late)
     skipped = rec.of(NonFiniteGradients)
     assert [e.step for e in skipped] == [10, 11, 12, 13]
     assert all(e.parameter == trainer.poisoned and math.isfinite(e.loss) for e in skipped)
     assert rec.of(Diverged)[0].action == "stop" and trainer.status == "diverged"
 
 
-def test_one_bad_gradient_is_skipped_and_training_goes_on(tmp_path):
+@LATE
+def test_one_bad_gradient_is_skipped_and_training_goes_on(tmp_path, late):
     cfg = quick(tmp_path, skip_limit=2, steps=40)
 
     def poison_once(trainer):
         param = trainer.params[0]
         param.register_hook(lambda g: g * math.nan if trainer.step == 7 else g)
-    trainer, rec, st = run_with(cfg, prepare=poison_once)
+    trainer, rec, st = run_with(cfg, prepare=poison_once, late=late)
     assert [e.step for e in rec.of(NonFiniteGradients)] == [7]
     assert trainer.status == "finished" and trainer.skipped_steps == 1
 

@@ -21,7 +21,7 @@ from tests.conftest import run_cli, run_json
 from tests.test_dashboard import until
 
 DOCUMENTED_KEYS = {"id", "run_dir", "status", "partial", "model", "optimizer", "norm", "device",
-                   "params", "created", "ended", "config", "summary", "flops", "memory", "timing",
+                   "precision", "params", "created", "ended", "config", "summary", "flops", "memory", "timing",
                    "system", "timeline", "distributed"}
 SUMMARY_KEYS = {"steps", "last_step", "initial_train_loss", "final_train_loss", "min_train_loss",
                 "final_val_loss", "min_val_loss", "last_grad_norm", "max_grad_norm",
@@ -65,6 +65,7 @@ def test_json_holds_the_documented_keys_with_the_stores_values(two_runs, tmp_pat
         memory = store.samples("MemorySample")
     s = r["summary"]
     assert (r["id"], r["status"], r["partial"]) == (info.id, "finished", False)
+    assert (r["device"], r["precision"]) == ("cpu", "fp32")    # auto on a CPU: fp32
     assert s["steps"] == len(steps["step"]) == 120
     assert s["final_train_loss"] == pytest.approx(statistics.fmean(steps["loss"][-10:]))
     assert s["final_val_loss"] == val["loss"][-1]

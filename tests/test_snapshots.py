@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not textual.__version__.startswith(RECORDED_WITH
 def scripted_events() -> list:
     names = ["blocks.0.fc.weight", "blocks.0.fc.bias", "head.weight", "head.bias"]
     events = [RunStarted(0, "20260101-000000-mlp-abcd", "runs/20260101-000000-mlp-abcd", {},
-                         1234, "cpu")]
+                         1234, "cpu", "bf16")]
     for step in range(400):
         loss = 2.3 * math.exp(-step / 120) + 0.3 + 0.05 * math.sin(step / 7)
         norm = 0.5 + 1.5 * math.exp(-step / 80)

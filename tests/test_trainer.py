@@ -48,11 +48,14 @@ class Recorder:
         return [e for e in self.events if isinstance(e, cls)]
 
 
-def run_with(cfg, plan=(), store=True, prepare=None):
-    """Run `cfg` to its end; `prepare(trainer)` may inject a fault before it starts."""
+def run_with(cfg, plan=(), store=True, prepare=None, late=None):
+    """Run `cfg` to its end; `prepare(trainer)` may inject a fault before it starts.
+
+    ``late=True`` reads each step's values a step late, as on CUDA (guard.py), here on CPU."""
     rec = Recorder()
     st = new_store(cfg) if store else None
-    trainer = Trainer(cfg, sink=rec, store=st, event_rate=float("inf"))  # the sink sees every step
+    trainer = Trainer(cfg, sink=rec, store=st, event_rate=float("inf"),  # the sink sees every step
+                      late_readback=late)
     rec.trainer = trainer
     if prepare:
         prepare(trainer)
@@ -196,9 +199,10 @@ def test_deterministic_gives_the_same_losses_on_cuda(tmp_path):
     assert len(first) == 40 and first == second
 
 
-def test_non_finite_loss_stops_as_diverged_and_keeps_the_last_finite_step(tmp_path):
+@pytest.mark.parametrize("late", [False, True], ids=["read-now", "read-late"])
+def test_non_finite_loss_stops_as_diverged_and_keeps_the_last_finite_step(tmp_path, late):
     cfg = quick(tmp_path, optimizer="sgd", lr=1e6, clip=None, steps=200)
-    trainer, rec, st = run_with(cfg)
+    trainer, rec, st = run_with(cfg, late=late)
     diverged, = rec.of(Diverged)
     assert trainer.status == "diverged" and trainer.step == diverged.step < cfg.steps
     assert "--lr" in diverged.message

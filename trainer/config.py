@@ -84,6 +84,11 @@ class RunConfig:
                                    "the run fails (a dead or hung rank)", "float")
     deterministic: bool = _f(False, "torch's deterministic algorithms (same seed, same losses "
                                     "on CUDA too; slower)", "bool")
+    precision: str = _f("auto", "math mode: " + ", ".join(specs.PRECISIONS) + " (auto: bf16 on "
+                                "a GPU that supports it, else fp32)", "str")
+    compile: str = _f("off", "torch.compile the model: " + ", ".join(specs.COMPILE_MODES) +
+                      " (bare --compile is default); profiled steps run eager", "str",
+                      const="default")
     snapshot_every: int = _f(100, "steps between in-memory copies of the last good weights "
                                   "and optimizer state, for a rewind after divergence", "int")
 
@@ -277,6 +282,11 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.workers < 1:
         raise ConfigError(f"--workers {cfg.workers} is out of range: must be an integer >= 1")
     _one_of("sync", cfg.sync, specs.SYNCS)
+    _one_of("precision", cfg.precision, specs.PRECISIONS)
+    _one_of("compile", cfg.compile, specs.COMPILE_MODES)
+    if cfg.device == "cpu" and cfg.precision == "tf32":
+        raise ConfigError("--precision tf32 needs a CUDA GPU (TF32 is a tensor-core mode); "
+                          "on --device cpu use fp32 or bf16")
     if cfg.straggle is not None:
         parse_straggle(cfg.straggle)
     if not (math.isfinite(cfg.dist_timeout) and cfg.dist_timeout > 0):

@@ -8,6 +8,9 @@
   library's own source (every machine has it), or on ``--text PATH``.
 
 Every task is seeded, so a fixed seed gives the same batches (and losses on CPU).
+Training batches are drawn on the device of the generator passed in (a CUDA
+generator on a GPU): indices and fresh sequences are made where the data
+lives, so a step copies nothing from the host and never waits for it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class Task:
 
     def batch(self, split: str, batch_size: int, gen: torch.Generator):
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_val, self.y_val)
-        i = torch.randint(len(x), (batch_size,), generator=gen).to(self.device)
+        i = torch.randint(len(x), (batch_size,), generator=gen, device=gen.device).to(self.device)
         return x[i], y[i]
 
     def loss(self, out, y):
@@ -105,13 +108,16 @@ class ShapesTask(Task):
 
 
 def adding_problem(n: int, seq_len: int, gen: torch.Generator):
-    """x (n, T, 2): values in [0, 1) and a marker on one step in each half; y (n, 1): their sum."""
-    values = torch.rand(n, seq_len, generator=gen)
+    """x (n, T, 2): values in [0, 1) and a marker on one step in each half; y (n, 1): their sum.
+
+    Made on the generator's device."""
+    dev = gen.device
+    values = torch.rand(n, seq_len, generator=gen, device=dev)
     half = seq_len // 2
-    first = torch.randint(half, (n,), generator=gen)
-    second = half + torch.randint(seq_len - half, (n,), generator=gen)
-    marker = torch.zeros(n, seq_len)
-    rows = torch.arange(n)
+    first = torch.randint(half, (n,), generator=gen, device=dev)
+    second = half + torch.randint(seq_len - half, (n,), generator=gen, device=dev)
+    marker = torch.zeros(n, seq_len, device=dev)
+    rows = torch.arange(n, device=dev)
     marker[rows, first] = 1.0
     marker[rows, second] = 1.0
     y = (values * marker).sum(1, keepdim=True)
@@ -178,8 +184,9 @@ class TextTask(Task):
 
     def batch(self, split, batch_size, gen):
         tokens = self.train_tokens if split == "train" else self.val_tokens
-        start = torch.randint(len(tokens) - self.seq_len - 1, (batch_size, 1), generator=gen)
-        idx = (start + torch.arange(self.seq_len + 1)).to(self.device)  # (B, T+1)
+        start = torch.randint(len(tokens) - self.seq_len - 1, (batch_size, 1), generator=gen,
+                              device=gen.device)
+        idx = (start + torch.arange(self.seq_len + 1, device=gen.device)).to(self.device)  # (B, T+1)
         window = tokens[idx]
         return window[:, :-1], window[:, 1:]
 

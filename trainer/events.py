@@ -22,6 +22,7 @@ class RunStarted:
     config: dict
     params: int
     device: str
+    precision: str = ""             # the math mode in use (auto resolved): fp32, tf32, bf16, fp16
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .config import ConfigError, RunConfig, to_toml
 from .events import Diverged, RunFailed, StepMetrics
-from .loop import Trainer, resolve_device
+from .loop import Trainer
 from .store import RunStore, new_run_id
 
 EXIT_STATUS = {"finished": 0, "diverged": 1, "failed": 1, "interrupted": 130}
@@ -30,14 +30,13 @@ def run_headless(cfg: RunConfig, json_out: bool = False, progress: bool = True) 
     Raises ConfigError before anything is written if the device is not available.
     """
     from .distributed import world_from_env
-    from .launch import RankFailed, check_workers, run_rank
-    resolve_device(cfg.device)
+    from .launch import RankFailed, preflight, run_rank
+    preflight(cfg)
     world = world_from_env()
     joined = world is not None and world.size > 1
     if joined and cfg.workers not in (1, world.size):
         raise ConfigError(f"--workers {cfg.workers} under torchrun, whose group has "
                           f"{world.size} ranks: leave --workers out")
-    check_workers(cfg)
     if joined and world.rank != 0:               # torchrun's other ranks: train, say nothing
         try:
             run_rank(cfg.to_dict(), to_toml(cfg), None)

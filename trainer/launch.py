@@ -20,6 +20,15 @@ from .config import ConfigError, RunConfig, to_toml
 from .store import RunStore, mark_failed, new_run_id
 
 
+def preflight(cfg: RunConfig) -> None:
+    """Refuse what this machine lacks before anything starts: the device, the math mode,
+    a GPU per CUDA rank (imports torch; raises ConfigError)."""
+    from .loop import resolve_device
+    from .precision import resolve_mode
+    resolve_mode(cfg.precision, resolve_device(cfg.device))
+    check_workers(cfg)
+
+
 def check_workers(cfg: RunConfig) -> None:
     """Refuse more CUDA ranks than GPUs before anything starts (imports torch)."""
     if cfg.workers < 2:

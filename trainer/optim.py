@@ -56,21 +56,38 @@ class MuonAdamW:
             opt.zero_grad(set_to_none=set_to_none)
 
 
+# torch has a fused kernel (one launch for the whole update, and a device-side skip of it
+# through found_inf) for these; used on CUDA. The CPU keeps its default implementation.
+# Not SGD: its fused kernel leaves the momentum buffer uninitialised (torch.empty_like)
+# when the first update is skipped, and later steps build on that garbage (seen here on
+# CPU, torch 2.13; LibreYOLO/libreyolo#771 hit it on CUDA).
+FUSED = ("adagrad", "adam", "adamw")
+
+
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, hp: dict):
     """A fresh optimizer `name` over `model`'s parameters; `hp` holds momentum/beta1/beta2."""
     if name == "muon":
         return MuonAdamW(model, lr, weight_decay, hp["momentum"])
     groups = param_groups(model, weight_decay)
+    if name in FUSED and next(model.parameters()).is_cuda:
+        try:
+            return _build(name, groups, lr, hp, fused=True)
+        except RuntimeError:            # this torch has no fused kernel for it on this device
+            pass
+    return _build(name, groups, lr, hp)
+
+
+def _build(name: str, groups: list[dict], lr: float, hp: dict, **fused):
     betas = (hp.get("beta1", 0.9), hp.get("beta2", 0.999))
     o = torch.optim
     make = {
-        "sgd": lambda: o.SGD(groups, lr=lr),
-        "momentum": lambda: o.SGD(groups, lr=lr, momentum=hp["momentum"]),
-        "nesterov": lambda: o.SGD(groups, lr=lr, momentum=hp["momentum"], nesterov=True),
-        "adagrad": lambda: o.Adagrad(groups, lr=lr),
+        "sgd": lambda: o.SGD(groups, lr=lr, **fused),
+        "momentum": lambda: o.SGD(groups, lr=lr, momentum=hp["momentum"], **fused),
+        "nesterov": lambda: o.SGD(groups, lr=lr, momentum=hp["momentum"], nesterov=True, **fused),
+        "adagrad": lambda: o.Adagrad(groups, lr=lr, **fused),
         "rmsprop": lambda: o.RMSprop(groups, lr=lr, alpha=hp["beta2"], momentum=hp["momentum"]),
-        "adam": lambda: o.Adam(groups, lr=lr, betas=betas),
-        "adamw": lambda: o.AdamW(groups, lr=lr, betas=betas),
+        "adam": lambda: o.Adam(groups, lr=lr, betas=betas, **fused),
+        "adamw": lambda: o.AdamW(groups, lr=lr, betas=betas, **fused),
         "nadam": lambda: o.NAdam(groups, lr=lr, betas=betas),
         "radam": lambda: o.RAdam(groups, lr=lr, betas=betas),
         "adamax": lambda: o.Adamax(groups, lr=lr, betas=betas),
@@ -100,9 +117,12 @@ def switch_optimizer(old, old_name: str, new_name: str, model: nn.Module, lr: fl
     if not a.family or a.family != b.family:
         return new, ()
     keys = b.carries
+    # A fused optimizer keeps its step count on the parameter's device, an unfused one on the CPU.
+    step_on = (lambda p: p.device) if getattr(new, "_step_supports_amp_scaling", False) else (
+        lambda p: "cpu")
     for p, state in old.state.items():  # families hold plain torch optimizers, never MuonAdamW
         if all(k in state for k in keys):
-            new.state[p] = {k: state[k] for k in keys}
+            new.state[p] = {k: state[k].to(step_on(p)) if k == "step" else state[k] for k in keys}
             if new_name == "nadam":
                 steps = int(state["step"])
                 new.state[p]["mu_product"] = torch.tensor(nadam_mu_product(steps, hp["beta1"]),

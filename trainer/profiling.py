@@ -26,6 +26,8 @@ from .events import FlopTable, LayerStats, MemorySample, TimingSample
 class NullProbe:
     """What an unmeasured step gets: every hook is a no-op."""
 
+    eager = False           # may run the compiled model (--compile)
+
     def mark(self, phase: str) -> None:
         pass
 
@@ -52,6 +54,8 @@ NULL_PROBE = NullProbe()
 
 
 class Probe(NullProbe):
+    eager = True            # module and saved-tensor hooks, FLOP counting: the eager model
+
     def __init__(self, profiler: "Profiler", step: int, sample: bool, flop_key):
         self.p, self.step, self.sample, self.flop_key = profiler, step, sample, flop_key
         self.flops = FlopMeter() if flop_key is not None else None
@@ -120,7 +124,8 @@ class Probe(NullProbe):
 class Profiler:
     """Decides what each step measures and keeps the latest results for the summary."""
 
-    def __init__(self, model_fn, device: torch.device, enabled: bool, sample_every: int):
+    def __init__(self, model_fn, device: torch.device, enabled: bool, sample_every: int,
+                 mode: str = "fp32"):
         self.model, self.device = model_fn, device
         self.enabled, self.every = enabled, sample_every
         self.flops = None
@@ -128,7 +133,8 @@ class Profiler:
         self.peak_saved = 0
         self.memory: dict = {}
         self.step_seconds: float | None = None   # moving average of unmeasured steps
-        self.peak = peak_flops(device) if enabled else None
+        self.mode = mode                         # the math mode MFU is measured against
+        self.peak = peak_flops(device, mode) if enabled else None
 
     def probe(self, step: int, norm: str) -> NullProbe:
         """The probe for `step`; FLOPs are recounted when the norm (the model) changes.

@@ -13,6 +13,11 @@ ON_DIVERGE = ("stop", "pause", "skip")     # what a non-finite loss does to the 
 # How data-parallel ranks combine gradients: DDP's ring all-reduce, a synchronous
 # parameter server (gather to rank 0, average, scatter back), DDP's compression hooks.
 SYNCS = ("allreduce", "ps", "bf16", "powersgd")
+# Math modes: auto is bf16 on a GPU that has it, fp32 elsewhere; tf32 is fp32 storage with
+# TF32 tensor-core matmuls; bf16 is autocast; fp16 is autocast with a gradient scaler.
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune",
+                 "max-autotune-no-cudagraphs")      # torch.compile's modes
 
 
 @dataclass(frozen=True)

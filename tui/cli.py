@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         if f.metadata["kind"] == "bool":
             p.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
                            help=f.metadata["help"])
+        elif "const" in f.metadata:             # the flag alone means this value
+            p.add_argument(*flags, dest=name, metavar=name.upper(), nargs="?",
+                           const=f.metadata["const"], help=f.metadata["help"])
         else:
             p.add_argument(*flags, dest=name, metavar=name.upper(), help=f.metadata["help"])
     return p
@@ -95,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         if "headless" in args:
             from lsml_tui.trainer.headless import run_headless  # imports torch
             return run_headless(cfg, json_out="json" in args, progress="no_progress" not in args)
-        if cfg.workers > 1 and cfg.device != "cpu":     # more CUDA ranks than GPUs: refuse
-            from lsml_tui.trainer.launch import check_workers   # now (this imports torch)
-            check_workers(cfg)
+        if cfg.device != "cpu" and (cfg.device != "auto" or cfg.workers > 1
+                                    or cfg.precision in ("tf32", "bf16")):
+            from lsml_tui.trainer.launch import preflight   # a GPU it lacks, more CUDA ranks
+            preflight(cfg)                                  # than GPUs: refused now (torch)
         return run_dashboard(cfg)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -44,7 +44,8 @@ def describe(e) -> str:
     """One line for an event the user should see (events panel, report timelines)."""
     match e:
         case E.RunStarted():
-            return f"run {e.run_id} on {e.device}, {e.params:,} parameters"
+            mode = f" in {e.precision}" if e.precision else ""
+            return f"run {e.run_id} on {e.device}{mode}, {e.params:,} parameters"
         case E.CommandApplied():
             return f"step {e.step}: {e.detail}"
         case E.CommandRefused():

@@ -16,8 +16,10 @@ class StatusLine(Static):
         super().__init__(**kw)
         # data parallel: 'x2 ps' after the device (the global batch is N times --batch-size)
         self.ranks = f"x{cfg.workers} {cfg.sync}  " if getattr(cfg, "workers", 1) > 1 else ""
+        mode = getattr(cfg, "compile", "off")
+        self.compiled = f"compiled ({mode})  " if mode != "off" else ""
         self.state = {"model": cfg.model, "optimizer": cfg.optimizer, "norm": cfg.norm,
-                      "lr": cfg.lr, "step": 0, "rate": 0.0, "device": "…", "run": "starting",
+                      "lr": cfg.lr, "step": 0, "rate": 0.0, "device": "…", "precision": "", "run": "starting",
                       "status": "starting trainer"}
         self._window: list[tuple[int, float]] = []
         self.dirty = True
@@ -32,7 +34,7 @@ class StatusLine(Static):
             if s["status"] == "starting trainer":
                 s["status"] = "training"
         elif isinstance(e, RunStarted):
-            s["device"], s["run"] = e.device, e.run_id
+            s["device"], s["precision"], s["run"] = e.device, e.precision, e.run_id
         elif isinstance(e, CommandApplied):
             for key in ("optimizer", "norm"):
                 if key in e.changes:
@@ -60,6 +62,7 @@ class StatusLine(Static):
         s = self.state
         self.update(Text.assemble(
             (s["model"], "bold"), f"  {s['optimizer']}  norm {s['norm']}  lr {s['lr']:.3g}  "
-            f"step {s['step']:,}  {s['rate']:.1f} steps/s  {s['device']}  {self.ranks}",
+            f"step {s['step']:,}  {s['rate']:.1f} steps/s  {s['device']} {s['precision']}  {self.ranks}"
+            f"{self.compiled}",
             (s["status"], "bold"), f"  {s['run']}"))
         self.dirty = False

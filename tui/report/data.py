@@ -91,6 +91,7 @@ def summarize(run: RunData) -> dict:
         "optimizer": info.optimizer,
         "norm": info.norm,
         "device": started["device"] if started else None,
+        "precision": (started or {}).get("precision") or None,
         "params": started["params"] if started else None,
         "created": _iso(info.created),
         "ended": _iso(info.ended),

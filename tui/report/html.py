@@ -6,6 +6,7 @@ from html import escape
 
 from .charts import charts
 from .data import RunData
+from .tables import mode as _mode
 from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
                      distributed_summary_rows, flops_rows, summary_rows)
 
@@ -44,7 +45,7 @@ def render(runs: list[RunData], reports: list[dict]) -> str:
     else:
         r = reports[0]
         parts += [f"<p>{escape(r['model'])}, {escape(r['optimizer'])}, norm {escape(r['norm'])} "
-                  f"on {escape(r['device'] or 'N/A')}; status <b>{escape(r['status'])}</b>; "
+                  f"on {escape(r['device'] or 'N/A')}{escape(_mode(r))}; status <b>{escape(r['status'])}</b>; "
                   f"started {escape(r['created'] or 'N/A')}</p>",
                   "<h2>Summary</h2>", _table(["metric", "value"], summary_rows(r))]
     parts.append("<h2>Charts</h2>")

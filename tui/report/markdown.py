@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..format import milliseconds, nbytes
+from .tables import mode
 from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
                      distributed_summary_rows, flops_rows, summary_rows)
 
@@ -31,7 +32,7 @@ def render(reports: list[dict]) -> str:
 def _run(r: dict, level: str) -> list[str]:
     partial = " (partial: the run was still going)" if r["partial"] else ""
     out = [f"{level} Run {r['id']}{partial}", "",
-           f"{r['model']}, {r['optimizer']}, norm {r['norm']} on {r['device'] or 'N/A'}; "
+           f"{r['model']}, {r['optimizer']}, norm {r['norm']} on {r['device'] or 'N/A'}{mode(r)}; "
            f"status **{r['status']}**; started {r['created']}", "",
            f"{level}# Summary", "", table(["metric", "value"], summary_rows(r)), ""]
     if r["flops"]:

@@ -20,6 +20,13 @@ def _num(value, spec: str = ".4g") -> str:
     return "N/A" if missing(value) else format(value, spec)
 
 
+def mode(r: dict) -> str:
+    """', bf16, compiled (reduce-overhead)': the math mode and torch.compile, when known."""
+    compiled = r["config"].get("compile", "off")
+    return ((f", {r['precision']}" if r.get("precision") else "")
+            + (f", compiled ({compiled})" if compiled != "off" else ""))
+
+
 def summary_rows(r: dict) -> list[list[str]]:
     s = r["summary"]
     rows = [["status", r["status"] + (" (partial)" if r["partial"] else "")],
@@ -126,6 +133,7 @@ def comparison_rows(reports: list[dict]) -> list[list[str]]:
         row("optimizer", lambda r: r["optimizer"]),
         row("norm", lambda r: r["norm"]),
         row("lr", lambda r: _num(r["config"].get("lr"), "g")),
+        row("math mode", lambda r: r.get("precision") or "N/A"),
         row("workers", lambda r: str(d(r)["world_size"] if d(r) else 1)),
         row("sync", lambda r: d(r)["sync"]),
         row("status", lambda r: r["status"] + (" (partial)" if r["partial"] else "")),

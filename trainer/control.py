@@ -1,0 +1,136 @@
+"""Live control: commands queued from any thread, applied between two steps.
+
+A mixin of ``Trainer`` (loop.py): each command is applied atomically before a
+step and answered with an event saying what changed at which step, or why it
+was refused.
+"""
+
+from __future__ import annotations
+
+from lsml_tui.profilers.trace import TraceCapture
+
+from . import commands as C
+from . import specs
+from .config import ConfigError, check_clip, check_lr, suggest
+from .events import CommandApplied, CommandRefused
+from .models import set_norm
+from .optim import rebuild_keeping_state, switch_optimizer
+
+
+class Controls:
+    """What ``Trainer`` does with a command."""
+
+    def submit(self, cmd: C.Command) -> None:
+        """Queue a command; it is applied between two steps (thread-safe)."""
+        self._commands.put(cmd)
+
+    def _waiting(self) -> bool:
+        return self.paused and not self._single_step and not self._stop
+
+    def _drain_commands(self) -> None:
+        """Apply the commands due before this step; while paused, wait for more.
+
+        Steps still in flight are settled first: a command acts on what the user has seen."""
+        while True:
+            if self._waiting() and not self._settle(0):
+                self._diverged = True
+            for cmd in self.dp.commands(self._commands, self._waiting(), self.events.flush):
+                if not self._settle(0):
+                    self._diverged = True
+                self._apply(cmd)
+            if not self._waiting():
+                return
+
+    def _apply(self, cmd: C.Command) -> None:
+        name = C.describe(cmd)
+        try:
+            detail, changes = self._change(cmd)
+        except ConfigError as e:
+            self._emit(CommandRefused(self.step, name, str(e)))
+            return
+        self._emit(CommandApplied(self.step, name, detail, changes))
+
+    def _change(self, cmd: C.Command) -> tuple[str, dict]:
+        """Apply one command; return (detail, changes) or raise ConfigError with the reason."""
+        match cmd:
+            case C.SetOptimizer(name=new, lr=lr, hparams=hp):
+                return self._set_optimizer(new, lr, hp)
+            case C.SetNorm(kind=kind):
+                refusal = specs.norm_refusal(self.cfg.model, kind)
+                if refusal:
+                    raise ConfigError(f"norm {kind!r} refused for the {self.cfg.model}: {refusal}")
+                if kind == self.norm:
+                    raise ConfigError(f"norm is already {kind}")
+                old, slots = self.norm, set_norm(self.model, kind)
+                self.norm = kind
+                self._wrap()                    # DDP tracks the new parameters; recompiled
+                self._index_params()
+                self.optimizer, kept = rebuild_keeping_state(
+                    self.optimizer, self.optimizer_name, self.model, self.base_lr,
+                    self.weight_decay, self.hparams)
+                return (f"norm {old} -> {kind} in {slots} slots; new norms start as identity; "
+                        f"optimizer state kept for {kept} unchanged tensors",
+                        {"norm": kind, "previous": old})
+            case C.SetLR(lr=lr):
+                check_lr(lr)
+                old, self.base_lr = self.base_lr, float(lr)
+                return f"lr {old:g} -> {lr:g}", {"lr": float(lr), "previous": old}
+            case C.SetClip(threshold=t):
+                check_clip(t)
+                old, self.clip = self.clip, t
+                fmt = lambda v: "off" if v is None else f"{v:g}"  # noqa: E731
+                return f"clip {fmt(old)} -> {fmt(t)}", {"clip": t, "previous": old}
+            case C.Pause():
+                if self.paused:
+                    raise ConfigError("already paused")
+                self.paused = True
+                return f"paused before step {self.step}", {"paused": True}
+            case C.Resume():
+                if not self.paused:
+                    raise ConfigError("not paused")
+                self.paused = False
+                return f"resumed at step {self.step}", {"paused": False}
+            case C.SingleStep():
+                if not self.paused:
+                    raise ConfigError("single step applies while paused; pause first")
+                self._single_step = True
+                return f"single step {self.step}", {}
+            case C.Rewind():
+                detail = self.snapshot.restore(self)
+                self.blow_up.reset()
+                return detail
+            case C.Stop():
+                self._stop = True
+                return f"stop requested before step {self.step}", {}
+            case C.CaptureTrace(steps=n):
+                if self.store is None:
+                    raise ConfigError("a trace needs a run directory to be written to")
+                if self._trace is not None:
+                    raise ConfigError("a trace is already being captured")
+                if not 1 <= n <= 100:
+                    raise ConfigError(f"trace steps {n} is out of range: must be 1 to 100")
+                path = self.store.run_dir / f"trace-step{self.step}.json"
+                self._trace = TraceCapture(path, n, self.device)
+                return f"tracing steps {self.step} to {self.step + n - 1} into {path.name}", {
+                    "path": str(path)}
+        raise ConfigError(f"unknown command {cmd!r}")
+
+    def _set_optimizer(self, new: str, lr: float | None, hp: dict) -> tuple[str, dict]:
+        if new not in specs.OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {new!r}; allowed: {', '.join(specs.OPTIMIZERS)}"
+                              f"{suggest(new, specs.OPTIMIZERS)}")
+        spec = specs.OPTIMIZERS[new]
+        unknown = set(hp) - set(spec.hparams) - {"weight_decay"}
+        if unknown:
+            raise ConfigError(f"{', '.join(sorted(unknown))} does not apply to {new}")
+        lr = self.base_lr if lr is None else lr
+        check_lr(lr)
+        hparams = {**spec.defaults, **{k: v for k, v in hp.items() if k != "weight_decay"}}
+        wd = hp.get("weight_decay", spec.weight_decay)
+        old = self.optimizer_name
+        self.optimizer, carried = switch_optimizer(self.optimizer, old, new, self.model, lr, wd,
+                                                   hparams)
+        self.optimizer_name, self.base_lr, self.weight_decay, self.hparams = new, lr, wd, hparams
+        state = f"carried {', '.join(carried)} from {old}" if carried else "state starts fresh"
+        return (f"optimizer {old} -> {new} (lr {lr:g}); {state}",
+                {"optimizer": new, "previous": old, "lr": lr, "carried": list(carried)})
