@@ -62,6 +62,7 @@ from lsml_tui.profilers.peaks import peak_flops
 from lsml_tui.profilers.system import SystemSampler
 from lsml_tui.trainer.config import RunConfig, resolve, to_toml
 from lsml_tui.trainer.loop import Trainer
+from lsml_tui.trainer.optim import param_groups
 from lsml_tui.trainer.store import RunStore
 
 GOAL = 0.90
@@ -128,11 +129,7 @@ def bare_arm(trainer: Trainer, compile_mode: str, mode: str):
     model = copy.deepcopy(trainer.model).train()
     net = model if compile_mode == "off" else torch.compile(model, mode=compile_mode)
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]     # nanoGPT's configure_optimizers split
-    rest = [p for p in params if p.ndim < 2]
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
-                          {"params": rest, "weight_decay": 0.0}) if g["params"]]
-    opt = adamw(groups, cfg.lr)
+    opt = adamw(param_groups(model, cfg.weight_decay), cfg.lr)   # nanoGPT's decay split
     gen = torch.Generator(device).manual_seed(0)
     dtype = {"bf16": torch.bfloat16}.get(mode)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
@@ -180,7 +177,7 @@ def measure(name: str, compile_mode: str, args, runs_dir: str, mode: str) -> dic
                 sync(trainer.device)
                 rates[arm].append(args.chunk / (time.perf_counter() - t0))
             order.reverse()
-        if not trainer._settle(0):           # the values still in flight
+        if not trainer.settle(0):           # the values still in flight
             raise RuntimeError(f"the lsml-tui run diverged by step {trainer.step}")
         flops = trainer.profiler.flops.total if trainer.profiler.flops is not None else None
         return {"lsml": statistics.median(rates["lsml"]),

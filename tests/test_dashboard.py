@@ -88,6 +88,7 @@ def test_panels_fill_from_the_live_trainer(tmp_path):
         assert flops is not None and flops.forward == 2 * 128 * (32 * 16 + 16 * 10)
         assert status(app)["device"] == "cpu" and status(app)["status"] == "training"
         assert status(app)["precision"] == "fp32"                 # auto on a CPU
+        assert app.query_one(FlopsPanel).mode == "fp32"           # MFU against the fp32 peak
         assert any(line.startswith("run ") for line in app.query_one(EventsPanel).history)
     scenario(config(tmp_path, device="cpu"), body)      # the device the status line must name
 

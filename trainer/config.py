@@ -40,6 +40,12 @@ class RunConfig:
     cell: str | None = _f(None, "RNN cell: rnn, gru, lstm", "str")
     activation: str | None = _f(None, "MLP activation: relu, gelu, tanh, sigmoid", "str")
     residual: bool | None = _f(None, "CNN residual connections", "bool")
+    dim: int | None = _f(None, "linear: dimension of w (default 32)", "int")
+    kappa: float | None = _f(None, "linear: condition number L/mu of the least-squares Hessian "
+                             "(default 100); L = 1, mu = 1/kappa exactly", "float")
+    examples: int | None = _f(None, "linear: rows of X (default 1024; the default batch is all "
+                              "of them)", "int")
+    noise: float | None = _f(None, "linear: label noise std (default 0.1)", "float")
     text: str | None = _f(None, "train the transformer on this text file instead of the "
                              "Python standard library's source", "str")
     norm: str | None = _f(None, "normalization: " + ", ".join(specs.NORMS) + " (model default)", "str")
@@ -201,7 +207,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
     model_defaults = specs.MODEL_CONFIGS[cfg.model]()
     used = specs.MODEL_FIELDS[cfg.model]
     changes = {}
-    for name in ("layers", "width", "heads", "seq_len", "cell", "activation", "residual", "text"):
+    for name in ("layers", "width", "heads", "seq_len", "cell", "activation", "residual", "text",
+                 "dim", "kappa", "examples", "noise"):
         value = getattr(cfg, name)
         if name not in used:
             if value is not None:
@@ -216,6 +223,14 @@ def resolve(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise ConfigError(f"{flag(name)} {value} is out of range: must be an integer >= 1")
+    if cfg.model == "linear":
+        if cfg.dim < 1 or cfg.examples < cfg.dim:
+            raise ConfigError(f"--dim {cfg.dim} and --examples {cfg.examples}: need dim >= 1 and "
+                              f"examples >= dim (X must have full column rank for a unique w*)")
+        if not (math.isfinite(cfg.kappa) and cfg.kappa >= 1):
+            raise ConfigError(f"--kappa {cfg.kappa} is out of range: must be a finite number >= 1")
+        if not (math.isfinite(cfg.noise) and cfg.noise >= 0):
+            raise ConfigError(f"--noise {cfg.noise} is out of range: must be a finite number >= 0")
     if cfg.seq_len is not None and cfg.seq_len < 2:
         raise ConfigError(f"--seq-len {cfg.seq_len} is out of range: must be >= 2")
     if cfg.heads is not None and cfg.width % cfg.heads:
@@ -271,8 +286,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{flag(name)} {getattr(cfg, name)} is out of range: "
                               f"must be an integer >= 1")
     batch = specs.DEFAULT_BATCH_SIZE[cfg.model] if cfg.batch_size is None else cfg.batch_size
+    batch = cfg.examples if batch is None else batch           # linear: full batch
     if batch < 1:
         raise ConfigError(f"--batch-size {batch} is out of range: must be an integer >= 1")
+    if cfg.model == "linear" and batch > cfg.examples:
+        raise ConfigError(f"--batch-size {batch} is out of range for --examples {cfg.examples}: "
+                          f"at most {cfg.examples} (all of them: gradient descent)")
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 20)
     decay = cfg.decay_every if cfg.decay_every is not None else max(1, cfg.steps // 4)
     if warmup < 0 or decay < 1:

@@ -32,10 +32,10 @@ class Controls:
 
         Steps still in flight are settled first: a command acts on what the user has seen."""
         while True:
-            if self._waiting() and not self._settle(0):
+            if self._waiting() and not self.settle(0):
                 self._diverged = True
             for cmd in self.dp.commands(self._commands, self._waiting(), self.events.flush):
-                if not self._settle(0):
+                if not self.settle(0):
                     self._diverged = True
                 self._apply(cmd)
             if not self._waiting():
@@ -49,6 +49,8 @@ class Controls:
             self._emit(CommandRefused(self.step, name, str(e)))
             return
         self._emit(CommandApplied(self.step, name, detail, changes))
+        if self.theory is not None and isinstance(cmd, (C.SetOptimizer, C.SetLR, C.Rewind)):
+            self._emit_sample(self.theory.predict(self))     # --model linear: new predictions
 
     def _change(self, cmd: C.Command) -> tuple[str, dict]:
         """Apply one command; return (detail, changes) or raise ConfigError with the reason."""

@@ -6,6 +6,8 @@
   values of a long sequence; long sequences expose exploding/vanishing gradients.
 - transformer: character-level language modelling on the Python standard
   library's own source (every machine has it), or on ``--text PATH``.
+- linear: least squares whose Hessian has an exact, chosen spectrum (L = 1,
+  mu = 1/kappa), so optimization theory's predictions can be checked live.
 
 Every task is seeded, so a fixed seed gives the same batches (and losses on CPU).
 Training batches are drawn on the device of the generator passed in (a CUDA
@@ -33,6 +35,7 @@ class Task:
     """A dataset with train/validation splits: ``batch`` draws (x, y), ``loss`` scores."""
 
     model_fields: dict = {}
+    dtype = None                # the model's dtype where it is not torch's default
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -194,6 +197,47 @@ class TextTask(Task):
         return F.cross_entropy(out.flatten(0, 1), y.flatten())
 
 
+class LinearTask(Task):
+    """f(w) = |Xw - y|^2 / 2N with H = X^T X / N = V diag(eigenvalues) V^T exactly.
+
+    X = sqrt(N) U diag(sqrt(eigenvalues)) V^T, with U (N x D, orthonormal columns) and V
+    (D x D, orthogonal) from QR of Gaussian matrices, so X^T X / N = V diag(eigenvalues) V^T
+    to rounding. The eigenvalues run geometrically from 1/kappa to 1: L = 1, mu = 1/kappa.
+    y = X w_true + noise * eps with |w_true| = 1; w* = H^-1 X^T y / N in closed form.
+    float64 (float32 on MPS, which has no float64), so rates show over many decades.
+    Training batches: the whole set when the batch is all of it (gradient descent), else
+    examples drawn with replacement; validation is always the whole set, so the validation
+    loss is f(w) itself.
+    """
+
+    def __init__(self, device, seed: int, dim: int, kappa: float, examples: int, noise: float):
+        super().__init__(device)
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        dt = torch.float64
+        g = torch.Generator().manual_seed(seed)
+        self.eigenvalues = (kappa ** -torch.linspace(1, 0, dim, dtype=dt) if dim > 1
+                            else torch.ones(1, dtype=dt))            # 1/kappa .. 1
+        u, _ = torch.linalg.qr(torch.randn(examples, dim, generator=g, dtype=dt))
+        v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=dt))
+        x = math.sqrt(examples) * (u * self.eigenvalues.sqrt()) @ v.T             # (N, D)
+        w_true = torch.randn(dim, generator=g, dtype=dt)
+        y = x @ (w_true / w_true.norm()) + noise * torch.randn(examples, generator=g, dtype=dt)
+        self.v = v
+        self.w_star = v @ ((v.T @ (x.T @ y) / examples) / self.eigenvalues)     # H^-1 X^T y / N
+        self.x, self.y = x, y                                       # float64, on the CPU
+        self.x_train = self.x_val = x.to(device, self.dtype)
+        self.y_train = self.y_val = y[:, None].to(device, self.dtype)
+        self.model_fields = {"dim": dim}
+
+    def batch(self, split, batch_size, gen):
+        if split == "val" or batch_size >= len(self.x_train):
+            return self.x_train, self.y_train
+        return super().batch(split, batch_size, gen)
+
+    def loss(self, out, y):  # |Xw - y|^2 / 2B: the Hessian of the whole set's loss is H
+        return 0.5 * F.mse_loss(out, y)
+
+
 def build_task(cfg, device: torch.device) -> Task:
     if cfg.model == "mlp":
         return TeacherTask(device, cfg.seed)
@@ -201,4 +245,6 @@ def build_task(cfg, device: torch.device) -> Task:
         return ShapesTask(device, cfg.seed)
     if cfg.model == "rnn":
         return AddingTask(device, cfg.seed, cfg.seq_len)
+    if cfg.model == "linear":
+        return LinearTask(device, cfg.seed, cfg.dim, cfg.kappa, cfg.examples, cfg.noise)
     return TextTask(device, cfg.seq_len, cfg.text)

@@ -171,6 +171,28 @@ class DistSample:
 
 
 @dataclass(frozen=True)
+class TheoryInfo:
+    """--model linear: what theory predicts for the optimizer and lr in use, from `step` on."""
+    step: int
+    L: float                        # largest Hessian eigenvalue (1 by construction)
+    mu: float                       # smallest (1 / kappa)
+    kappa: float
+    optimizer: str
+    lr: float
+    momentum: float | None
+    rate_theory: float | None       # per-step contraction of ||w - w*||; None: no theory
+    lr_limit: float | None          # the largest stable lr (2/L for gradient descent)
+    noise_ball: float | None        # stationary E||w - w*||^2 of SGD (batch < examples)
+    distance: float                 # ||w - w*|| at `step`, where the predicted line starts
+
+
+@dataclass(frozen=True)
+class TheorySample:
+    step: int
+    distance: float                 # ||w_t - w*||, before step t's update
+
+
+@dataclass(frozen=True)
 class RunFinished:
     step: int
     status: str                     # finished | diverged | failed | interrupted
@@ -180,7 +202,7 @@ class RunFinished:
 Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
          | OutOfMemory | RecordingProblem | RunFailed | ClipEvent | NonFiniteGradients | FlopTable
          | LayerStats | MemorySample | TimingSample | SystemSample | TraceCaptured | DistSample
-         | RunFinished)
+         | TheoryInfo | TheorySample | RunFinished)
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
 

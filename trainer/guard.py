@@ -43,12 +43,12 @@ def fused(optimizer) -> bool:
 class Guard:
     def __init__(self, device: torch.device):
         self.found_inf = torch.zeros((), device=device)     # 1.0: skip updates until cleared
-        self.one = torch.ones((), device=device)
+        self.one = torch.ones((), device=device)              # (the kernel takes fp32 factors)
 
     def clip_and_check(self, grads: list[torch.Tensor], norm: torch.Tensor,
                        clip: float | None) -> None:
         """Scale the gradients by the clip factor and flag a NaN or Inf among them."""
-        coef = (clip / (norm + 1e-6)).clamp(max=1.0) if clip is not None else self.one
+        coef = (clip / (norm + 1e-6)).clamp(max=1.0).float() if clip is not None else self.one
         try:
             torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, coef)
         except NotImplementedError:             # a device without the kernel: the same, in two
@@ -75,7 +75,7 @@ class Pending(NamedTuple):
     step: int
     lr: float
     seconds: float              # host time of the step
-    host: torch.Tensor          # [loss, norm] once the copy has landed
+    host: torch.Tensor          # [loss, norm, ...] once the copy has landed
     event: object               # a CUDA event after the copy, or None
     per_param: torch.Tensor     # per-gradient norms on the device, to name a culprit
     names: list                 # the parameters those norms belong to
@@ -93,15 +93,17 @@ class ReadBack:
         self.late = late
         self.queue: deque[Pending] = deque()
         slots = 3 if self.cuda and late else 0     # newest in flight, one being read, one spare
-        self._buffers = [torch.empty(2, pin_memory=True) for _ in range(slots)]
+        self._buffers = [torch.empty(4, dtype=torch.float64, pin_memory=True)
+                         for _ in range(slots)]
         self._next = 0
 
     def push(self, step: int, lr: float, seconds: float, values: torch.Tensor,
              per_param: torch.Tensor, names: list) -> None:
-        """Queue a copy of `values` ([loss, norm] on the device) without waiting for it."""
+        """Queue a copy of `values` ([loss, norm, ...] on the device, float64, at most 4)
+        without waiting for it."""
         event = None
         if self._buffers:
-            host = self._buffers[self._next]
+            host = self._buffers[self._next][:len(values)]
             self._next = (self._next + 1) % len(self._buffers)
             host.copy_(values, non_blocking=True)
             event = torch.cuda.Event()

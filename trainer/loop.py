@@ -21,7 +21,8 @@ from lsml_tui.profilers.system import SystemSampler
 
 from .control import Controls
 from .events import (ClipEvent, Coalescer, RecordingProblem, RunFailed,
-                     RunFinished, RunStarted, StepMetrics, SystemSample, TraceCaptured,
+                     RunFinished, RunStarted, StepMetrics, SystemSample, TheorySample,
+                     TraceCaptured,
                      ValMetrics)
 from .faults import FaultPolicy
 from .models import build_model, num_params
@@ -29,6 +30,7 @@ from .optim import build_optimizer, lr_factor
 from .precision import Precision
 from .profiling import NULL_PROBE, Profiler
 from .recovery import Snapshot, is_out_of_memory
+from .theory import TheoryWatch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,7 +72,10 @@ class Trainer(Controls, FaultPolicy):
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         torch.manual_seed(cfg.seed)
         self.task = build_task(cfg, self.device)
-        self.model = build_model(cfg, self.task.model_fields).to(self.device).train()
+        self.model = build_model(cfg, self.task.model_fields).to(self.device, self.task.dtype)
+        self.model.train()
+        # --model linear: ||w - w*|| every step, theory's predictions beside it
+        self.theory = TheoryWatch(self.task, self.model) if cfg.model == "linear" else None
         self.dp = dp or Alone()             # one process, or one rank of N (distributed.py)
         self.dp.attach(self._commands)
         self.precision = Precision(cfg.precision, self.device)
@@ -143,11 +148,13 @@ class Trainer(Controls, FaultPolicy):
         self._emit(RunStarted(0, self.store.run_id if self.store else "", str(self.store.run_dir)
                               if self.store else "", cfg.to_dict(), num_params(self.model),
                               str(self.device), self.precision.mode))
+        if self.theory is not None:
+            self._emit_sample(self.theory.predict(self))
         sampler = SystemSampler(self._on_system_sample).start() if cfg.profile else None
         try:
             while True:
                 if self.step >= cfg.steps:
-                    if not self._settle(0):                 # the last step's values
+                    if not self.settle(0):                 # the last step's values
                         self.status = "diverged"
                         break
                     if self.step >= cfg.steps:              # (or it went back to a bad step)
@@ -174,7 +181,7 @@ class Trainer(Controls, FaultPolicy):
                     self._out_of_memory(e)
         except KeyboardInterrupt:
             self.status = "interrupted"
-            self._settle(0)                     # what was trained is recorded
+            self.settle(0)                     # what was trained is recorded
         except Exception as e:  # a fault becomes an event; what was recorded stays
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"
             self._emit(RunFailed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
@@ -200,7 +207,7 @@ class Trainer(Controls, FaultPolicy):
         """
         before = self.step
         self._train_step()
-        ok = self._settle()
+        ok = self.settle()
         self._single_step = False
         if ok and self.step != before and self.step % self.cfg.val_every == 0 and self.dp.recorder:
             self._validate()
@@ -234,11 +241,12 @@ class Trainer(Controls, FaultPolicy):
         named = [(n, p.grad) for n, p in zip(self.param_names, self.params) if p.grad is not None]
         grads = [g for _, g in named]
         per_param, norm = grad_norms(grads)                 # global L2 norm, pre-clip
+        extra = [self.theory.distance()] if self.theory is not None else []
         if self.readback.late:
-            values = torch.stack([loss.detach().float(), norm])
+            values = torch.stack([v.double() for v in (loss.detach(), norm, *extra)])
         else:   # read now (free on CPU); with N ranks the loss is their mean, every rank alike
             loss_v, norm_v = self.dp.read_back(loss, norm)
-            values = torch.tensor([loss_v, norm_v])
+            values = torch.tensor([loss_v, norm_v, *(float(e) for e in extra)])
             if not math.isfinite(loss_v):                   # finite gradients or not: skip
                 self.guard.found_inf.fill_(1.0)
         self.guard.clip_and_check(grads, norm, self.clip)   # no branch; flags NaN/Inf grads
@@ -258,10 +266,12 @@ class Trainer(Controls, FaultPolicy):
         if self.step % self.cfg.snapshot_every == 0 and not self.blow_up.rising:
             self.snapshot = Snapshot(self)          # never a state already on its way up
 
-    def _settle(self, keep: int | None = None) -> bool:
-        """Record the queued steps whose values are back; False if one of them stops the run."""
+    def settle(self, keep: int | None = None) -> bool:
+        """Record the queued steps whose values are back; False if one of them stops the run.
+
+        ``settle(0)`` waits for and records every step still in flight."""
         for entry in self.readback.ready(keep):
-            loss, norm = entry.host.tolist()
+            loss, norm, *extra = entry.host.tolist()
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 return self._refused(entry, loss, norm)
             clipped = self.clip is not None and norm > self.clip
@@ -274,6 +284,9 @@ class Trainer(Controls, FaultPolicy):
             self._record(entry.step, loss, entry.lr, norm, norm * scale, clipped,
                          self.cfg.batch_size / entry.seconds)
             self._bad_in_row = 0
+            if extra:                                       # --model linear: ||w - w*||
+                self.theory.observe(entry.step, extra[0])
+                self._emit_sample(TheorySample(entry.step, extra[0]))
             blown_up = self.blow_up.observe(entry.step, loss, entry.lr)
             if blown_up:
                 return self._blown_up(entry.step, loss, blown_up)
@@ -342,4 +355,5 @@ class Trainer(Controls, FaultPolicy):
             "steps_per_second": self.step / self.train_seconds if self.train_seconds else None,
             **self.profiler.summary(),
             **self.dp.summary(),
+            **({"theory": self.theory.summary(self.clip_count)} if self.theory else {}),
         }

@@ -61,11 +61,21 @@ class TransformerConfig:
     norm: str = "layer"         # none | layer | rms, pre-norm as in GPT-2
 
 
+@dataclass(frozen=True)
+class LinearConfig:
+    dim: int = 32               # weights w in R^dim: least squares, f(w) = |Xw - y|^2 / 2N
+    kappa: float = 100.0        # condition number L/mu; H = X^T X / N has eigenvalues 1/kappa..1
+    examples: int = 1024        # rows of X; the default batch is all of them (gradient descent)
+    noise: float = 0.1          # std of the label noise: y = X w_true + noise * eps
+    norm: str = "none"          # least squares has no normalization slot
+
+
 MODEL_CONFIGS = {
     "mlp": MLPConfig,
     "cnn": CNNConfig,
     "rnn": RNNConfig,
     "transformer": TransformerConfig,
+    "linear": LinearConfig,
 }
 
 # Which run-config size fields each model reads (a flag for another model is refused).
@@ -74,6 +84,7 @@ MODEL_FIELDS = {
     "cnn": ("layers", "width", "residual"),
     "rnn": ("layers", "width", "seq_len", "cell"),
     "transformer": ("layers", "width", "heads", "seq_len", "text"),
+    "linear": ("dim", "kappa", "examples", "noise"),
 }
 
 CHOICES = {
@@ -81,7 +92,8 @@ CHOICES = {
     "cell": ("rnn", "gru", "lstm"),
 }
 
-DEFAULT_BATCH_SIZE = {"mlp": 128, "cnn": 64, "rnn": 64, "transformer": 32}
+DEFAULT_BATCH_SIZE = {"mlp": 128, "cnn": 64, "rnn": 64, "transformer": 32, "linear": None}
+# (linear: None is every example, full-batch gradient descent)
 
 # Norms a model refuses, with the reason shown to the user.
 REFUSED_NORMS = {
@@ -96,6 +108,8 @@ REFUSED_NORMS = {
         "group": "group norm needs channels; the transformer takes none, layer or rms",
     },
     "cnn": {},
+    "linear": {n: "the linear model is least squares, with no normalization slot"
+               for n in NORMS if n != "none"},
 }
 
 

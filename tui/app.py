@@ -24,13 +24,13 @@ from lsml_tui.trainer.events import RunFinished, RunStarted
 from . import lifeline
 from .bridge import TrainerBridge, prepare_processes, thin
 from .panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel, LossPanel,
-                     MemoryPanel, StatusLine, SystemPanel)
+                     MemoryPanel, StatusLine, SystemPanel, TheoryPanel)
 from .screens import ChoiceScreen, HelpScreen, ValueScreen
 
 REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
 TICK_BUDGET = 20_000   # events handed to the panels per redraw; step metrics beyond are thinned
 MODEL_FIELDS = ("layers", "width", "heads", "seq_len", "cell", "activation", "residual", "text",
-                "norm", "batch_size")
+                "dim", "kappa", "examples", "noise", "norm", "batch_size")
 
 
 def trains(action):
@@ -97,6 +97,8 @@ class LsmlApp(App):
             with Vertical(id="side"):
                 if self.cfg.workers > 1:
                     yield DistributedPanel(self.cfg)
+                if self.cfg.model == "linear":
+                    yield TheoryPanel()
                 yield SystemPanel()
                 yield EventsPanel()
         yield Footer()

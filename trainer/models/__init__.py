@@ -8,12 +8,13 @@ from torch import nn
 
 from .. import specs
 from .cnn import CNN
+from .linear import Linear
 from .mlp import MLP
 from .norms import NormSlot, set_norm
 from .rnn import RNN
 from .transformer import Transformer
 
-MODELS = {"mlp": MLP, "cnn": CNN, "rnn": RNN, "transformer": Transformer}
+MODELS = {"mlp": MLP, "cnn": CNN, "rnn": RNN, "transformer": Transformer, "linear": Linear}
 
 __all__ = ["MODELS", "NormSlot", "build_model", "model_config", "num_params", "set_norm"]
 

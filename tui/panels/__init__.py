@@ -9,6 +9,7 @@ from .loss import LossPanel
 from .memory import MemoryPanel
 from .status import StatusLine
 from .system import SystemPanel
+from .theory import TheoryPanel
 
 __all__ = ["DistributedPanel", "EventsPanel", "FlopsPanel", "GradientsPanel", "LossPanel", "MemoryPanel",
-           "StatusLine", "SystemPanel"]
+           "StatusLine", "SystemPanel", "TheoryPanel"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from lsml_tui.trainer.events import FlopTable, TimingSample
+from lsml_tui.trainer.events import FlopTable, RunStarted, TimingSample
 
 from ..format import si
 
@@ -18,6 +18,7 @@ class FlopsPanel(Vertical):
         self.border_title = "FLOPs per step"
         self.table: FlopTable | None = None
         self.timing: TimingSample | None = None
+        self.mode = ""                  # MFU is against this math mode's peak
         self.dirty = True
 
     def compose(self):
@@ -32,6 +33,8 @@ class FlopsPanel(Vertical):
             self.table = e
         elif isinstance(e, TimingSample):
             self.timing = e
+        elif isinstance(e, RunStarted):
+            self.mode = e.precision
         else:
             return
         self.dirty = True
@@ -41,9 +44,10 @@ class FlopsPanel(Vertical):
         if t is not None:
             rate = self.timing.flops_per_second if self.timing else None
             mfu = self.timing.mfu if self.timing else None
+            of = f" of {self.mode} peak" if self.mode and mfu is not None else ""
             self.query_one("#flops-totals", Static).update(
                 f"fwd {si(t.forward)}  bwd {si(t.backward)}  (bwd/fwd {t.backward / t.forward:.2f})\n"
-                f"achieved {si(rate, 'FLOP/s')}  MFU {'N/A' if mfu is None else f'{mfu:.1%}'}")
+                f"achieved {si(rate, 'FLOP/s')}  MFU {'N/A' if mfu is None else f'{mfu:.1%}'}{of}")
             table = self.query_one(DataTable)
             table.clear()
             total = t.forward + t.backward

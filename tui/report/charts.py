@@ -233,6 +233,45 @@ def ranks_chart(runs: list[RunData]) -> str:
     return _svg(fig)
 
 
+def _predicted(info: dict, end: int, lo: float, hi: float) -> tuple[list, list]:
+    """Theory's line from a TheoryInfo's step to `end`: distance * rate ** (t - step), the
+    part within [lo, hi] (a straight line on a log axis, so its two ends draw it)."""
+    rate, start, d0 = info["rate_theory"], info["step"], info["distance"]
+    if rate is None or not rate > 0 or not d0 > 0:
+        return [], []
+    logs = [(t, math.log(d0) + (t - start) * math.log(rate)) for t in range(start, end + 1)]
+    inside = [(t, math.exp(v)) for t, v in logs if math.log(lo) <= v <= math.log(hi)]
+    return ([inside[0][0], inside[-1][0]], [inside[0][1], inside[-1][1]]) if inside else ([], [])
+
+
+@_styled
+def distance_chart(run: RunData) -> str:
+    """--model linear: ||w - w*|| against step on a log axis, theory's line dashed from each
+    TheoryInfo to the next, and the noise ball's sqrt(E||w - w*||^2) when there is one."""
+    fig, ax = _figure()
+    samples, infos = run.samples["TheorySample"], run.samples["TheoryInfo"]
+    steps = [s["step"] for s in samples]
+    dist = [s["distance"] if s["distance"] > 0 else math.nan for s in samples]
+    ax.plot(*_decimated(steps, dist), lw=1, label="measured ||w - w*||")
+    seen = [d for d in dist if math.isfinite(d)]
+    lo, hi = (min(seen) / 10, max(seen) * 10) if seen else (1e-12, 1e3)
+    last = steps[-1] if steps else max((i["step"] for i in infos), default=0)
+    labels = {"line": "theory: distance · rate^(t - step)",
+              "ball": "noise ball sqrt(E||w - w*||²), theory"}      # on the first of each
+    for info, nxt in zip(infos, [*infos[1:], None]):
+        end = nxt["step"] if nxt else last
+        xs, ys = _predicted(info, end, lo, hi)
+        if xs:
+            ax.plot(xs, ys, color="tab:orange", lw=1, ls="--", label=labels.pop("line", None))
+        if info["noise_ball"]:
+            ax.hlines(math.sqrt(info["noise_ball"]), info["step"], end, color="tab:red", lw=0.8,
+                      ls=":", label=labels.pop("ball", None))
+    ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="||w - w*||", title="Distance to w*")
+    ax.legend(loc="upper right", fontsize=7)
+    return _svg(fig)
+
+
 def _gpu(sample: dict, index: int) -> dict:
     gpus = sample["sample"].get("gpus") or []
     return gpus[index] if index < len(gpus) else {}

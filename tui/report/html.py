@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from html import escape
 
-from .charts import charts
+from .charts import charts, distance_chart
 from .data import RunData
 from .tables import mode as _mode
 from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
                      distributed_summary_rows, flops_rows, summary_rows)
+from .theory import theory_notes, theory_rows
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
@@ -51,7 +52,7 @@ def render(runs: list[RunData], reports: list[dict]) -> str:
     parts.append("<h2>Charts</h2>")
     for name, svg in charts(runs):
         parts.append(f'<figure aria-label="{escape(name)}">{svg}</figure>')
-    for r in reports:
+    for run, r in zip(runs, reports):
         level = f" {escape(r['id'])}" if several else ""
         if r["flops"]:
             parts += [f"<h2>FLOPs per step{level}</h2>",
@@ -60,6 +61,13 @@ def render(runs: list[RunData], reports: list[dict]) -> str:
             parts += [f"<h2>Data parallel{level}</h2>",
                       _table(["figure", "value"], distributed_summary_rows(r)),
                       _table(RANK_HEADER, distributed_rows(r))]
+        if r["theory"]:
+            parts += [f"<h2>Theory (least squares){level}</h2>",
+                      _table(["figure", "value"], theory_rows(r)),
+                      *(f"<p>{escape(note)}</p>" for note in theory_notes(r))]
+            if run.samples["TheorySample"]:
+                label = "Distance to w*" + (f" {r['id']}" if several else "")
+                parts.append(f'<figure aria-label="{escape(label)}">{distance_chart(run)}</figure>')
         parts += [f"<h2>Config{level}</h2>", _table(["key", "value"], config_rows(r)),
                   f"<h2>Timeline{level}</h2>",
                   '<div class="timeline">' + "\n".join(escape(e["text"]) for e in r["timeline"])

@@ -6,6 +6,7 @@ from ..format import milliseconds, nbytes
 from .tables import mode
 from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
                      distributed_summary_rows, flops_rows, summary_rows)
+from .theory import theory_notes, theory_rows
 
 
 def _cell(value) -> str:
@@ -60,6 +61,10 @@ def _run(r: dict, level: str) -> list[str]:
                 "Mean time per sampled step on each rank; wait is time spent for the slowest "
                 "rank's compute, comm the rest of what the gradient sync exposed.", "",
                 table(RANK_HEADER, distributed_rows(r)), ""]
+    if r["theory"]:
+        out += [f"{level}# Theory (least squares)", "",
+                table(["figure", "value"], theory_rows(r)), ""]
+        out += [line for note in theory_notes(r) for line in (note, "")]
     out += [f"{level}# Config", "", table(["key", "value"], config_rows(r)), "",
             f"{level}# Timeline", ""]
     out += [f"- {e['text']}" for e in r["timeline"]] or ["- (no events recorded)"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..format import milliseconds, missing, nbytes, si
+from .theory import rate
 
 # sync -> (bytes each rank sends, bytes through the busiest link): the formulas
 # profilers/comm.py's wire_bytes computes, for a gradient payload of M bytes on N ranks
@@ -147,6 +148,8 @@ def comparison_rows(reports: list[dict]) -> list[list[str]]:
         row("busiest link bytes/step", lambda r: _bytes_by(
             d(r)["busiest_link_bytes"], FORMULAS.get(d(r)["sync"], (None, None))[1])),
         row("bus bandwidth", lambda r: si(d(r)["busbw"], "B/s")),
+        row("rate per step: theory / measured", lambda r: f"{rate(r['theory']['rate_theory'])} / "
+                                                          f"{rate(r['theory']['rate_measured'])}"),
         row("FLOPs fwd / bwd per step", lambda r: f"{si(r['flops']['forward_per_step'])} / "
                                                   f"{si(r['flops']['backward_per_step'])}"),
         row("achieved FLOP/s", lambda r: si(r["flops"]["achieved_flops_per_second"], "FLOP/s")),
