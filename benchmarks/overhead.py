@@ -10,6 +10,9 @@ interleaved chunk by chunk so that machine noise hits them alike:
               activations and phase timing every --sample-every steps; FLOPs once;
               system load once a second)
   everything  the same with every measurement on every step (--sample-every 1)
+  sharpness   the default arm plus one sharpness measurement (--sharpness-every 100:
+              power iteration on Hessian-vector products) per chunk; off by default,
+              so this is what turning it on costs, and the seconds one measurement takes
 
 Each chunk is one sampling period (--sample-every steps, so every default chunk
 holds exactly one profiled step), and the arms take turns chunk by chunk.
@@ -76,8 +79,12 @@ def measure(model: str, repeats: int, runs_dir: str) -> dict[str, float]:
     default_trainer, default_steps, close_default = trainer_arm(base, runs_dir)
     every = base.replace(sample_every=1)
     _, every_steps, close_every = trainer_arm(every, runs_dir)
+    sharp_trainer, sharp_steps, close_sharp = trainer_arm(
+        base.replace(sharpness_every=base.sample_every), runs_dir)
     bare_steps = bare_loop(Trainer(base.replace(profile=False)))
-    arms = {"bare": bare_steps, "default": default_steps, "everything": every_steps}
+    arms = {"bare": bare_steps, "default": default_steps, "everything": every_steps,
+            "sharpness": sharp_steps}
+    seconds = []
     chunk = base.sample_every
     for fn in arms.values():
         fn(chunk // 5)                   # warm-up: allocator, caches, the FLOP count
@@ -87,9 +94,12 @@ def measure(model: str, repeats: int, runs_dir: str) -> dict[str, float]:
             t0 = time.perf_counter()
             fn(chunk)
             rates[name].append(chunk / (time.perf_counter() - t0))
+        seconds.append(sharp_trainer.sharpness.last.seconds)
     close_default()
     close_every()
-    return {name: statistics.median(r) for name, r in rates.items()}
+    close_sharp()
+    return {**{name: statistics.median(r) for name, r in rates.items()},
+            "sharpness_s": statistics.median(seconds)}
 
 
 def main() -> None:
@@ -101,13 +111,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.repeats} repeats x {chunk} steps per arm, medians")
     print(f"{'workload':<12} {'bare/s':>9} {'default/s':>10} {'every/s':>9} "
-          f"{'default/bare':>13} {'every/bare':>11}")
+          f"{'default/bare':>13} {'every/bare':>11} {'sharp/bare':>11} {'s/sharpness':>12}")
     with tempfile.TemporaryDirectory() as runs_dir:
         for model in args.models.split(","):
             r = measure(model, args.repeats, runs_dir)
             print(f"{model:<12} {r['bare']:>9.1f} {r['default']:>10.1f} {r['everything']:>9.1f} "
-                  f"{r['default'] / r['bare']:>13.3f} {r['everything'] / r['bare']:>11.3f}",
-                  flush=True)
+                  f"{r['default'] / r['bare']:>13.3f} {r['everything'] / r['bare']:>11.3f} "
+                  f"{r['sharpness'] / r['bare']:>11.3f} {r['sharpness_s']:>12.3f}", flush=True)
 
 
 if __name__ == "__main__":

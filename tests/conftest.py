@@ -33,3 +33,19 @@ def alive(procs) -> list[psutil.Process]:
             if p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)
     return out
+
+
+def drawn(cfg, events, panel_cls, read):
+    """Run the real app on scripted `events` (ReplayBridge) and return `read(panel)` once drawn,
+    or None when the app has no such panel."""
+    import asyncio
+
+    from lsml_tui.tui.app import LsmlApp
+    from lsml_tui.tui.bridge import ReplayBridge
+
+    async def main():
+        app = LsmlApp(cfg, bridge_factory=lambda c: ReplayBridge(c, events))
+        async with app.run_test(size=(140, 42)) as pilot:
+            await pilot.pause(1.2)
+            return read(app.query_one(panel_cls)) if app.query(panel_cls) else None
+    return asyncio.run(main())

@@ -25,7 +25,8 @@ DOCUMENTED_KEYS = {"id", "run_dir", "status", "partial", "model", "optimizer", "
                    "system", "timeline", "distributed", "theory"}
 SUMMARY_KEYS = {"steps", "last_step", "initial_train_loss", "final_train_loss", "min_train_loss",
                 "final_val_loss", "min_val_loss", "last_grad_norm", "max_grad_norm",
-                "clip_events", "skipped_steps", "steps_per_second", "switches"}
+                "clip_events", "skipped_steps", "steps_per_second", "switches",
+                "final_val_loss_averaged", "min_val_loss_averaged"}
 # loss, gradients, saved per module, memory breakdown, FLOPs, phases; system load where sampled
 CHARTS_OF_A_PROFILED_RUN = 6
 

@@ -19,7 +19,8 @@ from tests.test_reports_distributed import Figures, report
 LINEAR = ("--model", "linear", "--optimizer", "sgd", "--dim", "8", "--kappa", "10",
           "--clip", "off", "--device", "cpu")
 THEORY_KEYS = {"L", "mu", "kappa", "optimizer", "lr", "rate_theory", "rate_measured", "lr_limit",
-               "distance", "noise_ball_theory", "noise_ball_measured", "clipped_steps"}
+               "distance", "noise_ball_theory", "noise_ball_measured", "clipped_steps",
+               "distance_averaged"}
 CHART = "Distance to w*"
 
 
@@ -133,7 +134,7 @@ def test_a_run_still_going_takes_its_theory_from_the_last_TheoryInfo(tmp_path):
                            "rate_theory": pytest.approx(0.9), "rate_measured": None,
                            "lr_limit": 2.0, "distance": pytest.approx(last),
                            "noise_ball_theory": None, "noise_ball_measured": None,
-                           "clipped_steps": 1}
+                           "clipped_steps": 1, "distance_averaged": None}
     table = section(md_path.read_text())
     assert f"| rate per step: theory / measured | {rate(0.9)} / N/A |" in table
     assert f"| clipped steps | 1 ({CLIP_NOTE}) |" in table

@@ -1,7 +1,6 @@
 """The least-squares theory panel on scripted events: only for --model linear, the theoretical
 and the measured rate side by side, and a warning when the lr is past the stability limit."""
 
-import asyncio
 import math
 
 import pytest
@@ -9,9 +8,9 @@ import pytest
 from lsml_tui.profilers.fit import fitted_rate
 from lsml_tui.trainer.config import RunConfig, resolve
 from lsml_tui.trainer.events import RunStarted, TheoryInfo, TheorySample
-from lsml_tui.tui.app import LsmlApp
-from lsml_tui.tui.bridge import ReplayBridge
 from lsml_tui.tui.panels import TheoryPanel
+
+from tests.conftest import drawn
 
 
 def info(lr=1.0, rate=0.99, limit=2.0, ball=None, optimizer="sgd"):
@@ -21,15 +20,8 @@ def info(lr=1.0, rate=0.99, limit=2.0, ball=None, optimizer="sgd"):
 
 def shown(cfg, events):
     """The theory panel's text after the app has drawn `events` (None: there is no panel)."""
-    async def main():
-        app = LsmlApp(cfg, bridge_factory=lambda c: ReplayBridge(c, events))
-        async with app.run_test(size=(140, 42)) as pilot:
-            await pilot.pause(1.2)
-            if not app.query(TheoryPanel):
-                return None
-            panel = app.query_one(TheoryPanel)
-            return str(panel.query_one("#theory-text").render()), panel.predicted()
-    return asyncio.run(main())
+    return drawn(cfg, events, TheoryPanel, lambda panel: (
+        str(panel.query_one("#theory-text").render()), panel.predicted()))
 
 
 def test_theory_and_measured_rate_agree_on_an_exact_geometric_decay(tmp_path):

@@ -55,6 +55,14 @@ class RunConfig:
     momentum: float | None = _f(None, "momentum (momentum, nesterov, rmsprop, muon)", "float")
     beta1: float | None = _f(None, "first-moment decay (Adam family)", "float")
     beta2: float | None = _f(None, "second-moment decay (Adam family, RMSProp's alpha)", "float")
+    svrg_every: int | None = _f(None, "svrg: steps between snapshots and full gradients "
+                                "(default 100)", "int")
+    sharpness_every: int | None = _f(None, "measure the top Hessian eigenvalue (power iteration "
+                                     "on Hessian-vector products, a fixed batch) every this many "
+                                     "steps; off by default", "int")
+    average: str | None = _f(None, "average the weights: polyak (the running mean of every "
+                             "iterate) or ema:DECAY (0 < DECAY < 1); the averaged weights are "
+                             "validated too", "str")
     schedule: str = _f("constant", "LR schedule: " + ", ".join(specs.SCHEDULES), "str")
     warmup_steps: int | None = _f(None, "warm-up steps for warmup-cosine (default steps/20)", "int")
     decay_every: int | None = _f(None, "steps per decay for step and inverse-time "
@@ -267,6 +275,21 @@ def resolve(cfg: RunConfig) -> RunConfig:
         if not (0.0 <= value < 1.0):
             raise ConfigError(f"{flag(name)} {value} is out of range: must be in [0, 1)")
         hp[name] = value
+    if cfg.svrg_every is not None and cfg.optimizer != "svrg":
+        raise ConfigError(f"--svrg-every does not apply to {cfg.optimizer} (it applies to: svrg)")
+    if cfg.optimizer == "svrg":
+        hp["svrg_every"] = opt.defaults["svrg_every"] if cfg.svrg_every is None else cfg.svrg_every
+        if hp["svrg_every"] < 1:
+            raise ConfigError(f"--svrg-every {hp['svrg_every']} is out of range: must be an "
+                              f"integer >= 1")
+        if cfg.workers > 1:
+            raise ConfigError("--optimizer svrg runs in one process: its snapshot gradient is "
+                              "per rank; use --workers 1")
+    if cfg.average is not None:
+        check_average(cfg.average)
+    if cfg.sharpness_every is not None and cfg.sharpness_every < 1:
+        raise ConfigError(f"--sharpness-every {cfg.sharpness_every} is out of range: must be an "
+                          f"integer >= 1 (leave it out for off)")
     lr = opt.lr if cfg.lr is None else cfg.lr
     check_lr(lr)
     wd = opt.weight_decay if cfg.weight_decay is None else cfg.weight_decay
@@ -331,6 +354,13 @@ def parse_straggle(text: str) -> tuple[tuple[int | None, float], ...]:
         seconds = float(m.group(3)) * _UNITS[m.group(4)]
         out.append((None if m.group(1) == "exp" else int(m.group(2)), seconds))
     return tuple(out)
+
+
+def check_average(text: str) -> None:
+    m = re.fullmatch(r"polyak|ema:(\d*\.?\d+(?:e-?\d+)?)", text)
+    if not m or (m.group(1) is not None and not 0 < float(m.group(1)) < 1):
+        raise ConfigError(f"--average {text!r} is not an average; allowed: polyak, or ema:DECAY "
+                          f"with 0 < DECAY < 1 (e.g. ema:0.99)")
 
 
 def check_lr(lr: float) -> None:

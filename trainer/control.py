@@ -67,6 +67,7 @@ class Controls:
                 self.norm = kind
                 self._wrap()                    # DDP tracks the new parameters; recompiled
                 self._index_params()
+                self._restart_average_and_svrg()
                 self.optimizer, kept = rebuild_keeping_state(
                     self.optimizer, self.optimizer_name, self.model, self.base_lr,
                     self.weight_decay, self.hparams)
@@ -99,6 +100,7 @@ class Controls:
                 return f"single step {self.step}", {}
             case C.Rewind():
                 detail = self.snapshot.restore(self)
+                self._restart_average_and_svrg()
                 self.blow_up.reset()
                 return detail
             case C.Stop():
@@ -117,11 +119,19 @@ class Controls:
                     "path": str(path)}
         raise ConfigError(f"unknown command {cmd!r}")
 
+    def _restart_average_and_svrg(self) -> None:
+        """The model changed under them (a norm swap, a rewind): start again from it."""
+        if self.average is not None:
+            self.average = type(self.average)(self.model, self.average.spec)
+        self._make_svrg()
+
     def _set_optimizer(self, new: str, lr: float | None, hp: dict) -> tuple[str, dict]:
         if new not in specs.OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {new!r}; allowed: {', '.join(specs.OPTIMIZERS)}"
                               f"{suggest(new, specs.OPTIMIZERS)}")
         spec = specs.OPTIMIZERS[new]
+        if new == "svrg" and self.dp.size > 1:
+            raise ConfigError("svrg runs in one process: its snapshot gradient is per rank")
         unknown = set(hp) - set(spec.hparams) - {"weight_decay"}
         if unknown:
             raise ConfigError(f"{', '.join(sorted(unknown))} does not apply to {new}")
@@ -133,6 +143,7 @@ class Controls:
         self.optimizer, carried = switch_optimizer(self.optimizer, old, new, self.model, lr, wd,
                                                    hparams)
         self.optimizer_name, self.base_lr, self.weight_decay, self.hparams = new, lr, wd, hparams
+        self._make_svrg()
         state = f"carried {', '.join(carried)} from {old}" if carried else "state starts fresh"
         return (f"optimizer {old} -> {new} (lr {lr:g}); {state}",
                 {"optimizer": new, "previous": old, "lr": lr, "carried": list(carried)})

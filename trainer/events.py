@@ -190,6 +190,23 @@ class TheoryInfo:
 class TheorySample:
     step: int
     distance: float                 # ||w_t - w*||, before step t's update
+    distance_averaged: float | None = None  # ||w_avg - w*|| with --average
+
+
+@dataclass(frozen=True)
+class SharpnessSample:
+    step: int
+    sharpness: float                # top Hessian eigenvalue on a fixed batch (Rayleigh quotient)
+    threshold: float | None         # the step-size limit: 2/lr (GD), (2+2b)/lr, Adam's own
+    preconditioned: bool            # of P^-1/2 H P^-1/2 with Adam's P (Cohen et al. 2022)
+    iterations: int                 # power-iteration steps (Hessian-vector products)
+    seconds: float                  # what the measurement cost
+
+
+@dataclass(frozen=True)
+class AveragedVal:
+    step: int
+    val_loss: float                 # the validation loss of the averaged weights (--average)
 
 
 @dataclass(frozen=True)
@@ -202,7 +219,7 @@ class RunFinished:
 Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
          | OutOfMemory | RecordingProblem | RunFailed | ClipEvent | NonFiniteGradients | FlopTable
          | LayerStats | MemorySample | TimingSample | SystemSample | TraceCaptured | DistSample
-         | TheoryInfo | TheorySample | RunFinished)
+         | TheoryInfo | TheorySample | AveragedVal | SharpnessSample | RunFinished)
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
 

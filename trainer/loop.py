@@ -21,7 +21,7 @@ from lsml_tui.profilers.system import SystemSampler
 
 from .control import Controls
 from .events import (ClipEvent, Coalescer, RecordingProblem, RunFailed,
-                     RunFinished, RunStarted, StepMetrics, SystemSample, TheorySample,
+                     AveragedVal, RunFinished, RunStarted, StepMetrics, SystemSample, TheorySample,
                      TraceCaptured,
                      ValMetrics)
 from .faults import FaultPolicy
@@ -30,6 +30,9 @@ from .optim import build_optimizer, lr_factor
 from .precision import Precision
 from .profiling import NULL_PROBE, Profiler
 from .recovery import Snapshot, is_out_of_memory
+from .averaging import WeightAverage
+from .sharpness import SharpnessWatch
+from .svrg import SVRG
 from .theory import TheoryWatch
 
 
@@ -90,6 +93,9 @@ class Trainer(Controls, FaultPolicy):
         self.gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         self.gen = torch.Generator(self.gen_device).manual_seed(data_seed(cfg.seed, self.dp.rank))
         self.guard = Guard(self.device)
+        self.average = WeightAverage(self.model, cfg.average) if cfg.average else None
+        self.sharpness = SharpnessWatch(self, cfg.sharpness_every) if cfg.sharpness_every else None
+        self._make_svrg()
         # on one GPU the values of a step are read while the next one runs (guard.py)
         self.readback = ReadBack(self.device, self.device.type == "cuda" and self.dp.size == 1
                                  if late_readback is None else late_readback)
@@ -101,6 +107,7 @@ class Trainer(Controls, FaultPolicy):
         self.initial_loss: float | None = None
         self.recent_losses: deque = deque(maxlen=final_loss_window)
         self.last_val_loss: float | None = None
+        self.last_val_loss_averaged: float | None = None
         self.last_grad_norm: float | None = None
         self.clip_count = 0
         self.skipped_steps = 0
@@ -124,6 +131,11 @@ class Trainer(Controls, FaultPolicy):
         mode = self.cfg.compile
         self.fast = self.net if mode == "off" else torch.compile(
             self.net, mode=None if mode == "default" else mode)
+
+    def _make_svrg(self) -> None:
+        """SVRG's snapshot and full gradient, while svrg is the optimizer (svrg.py)."""
+        self.svrg = (SVRG(self.model, self.task, self.cfg.batch_size, self.hparams["svrg_every"],
+                          self.cfg.seed) if self.optimizer_name == "svrg" else None)
 
     def _index_params(self) -> None:
         named = list(self.model.named_parameters())
@@ -211,6 +223,10 @@ class Trainer(Controls, FaultPolicy):
         self._single_step = False
         if ok and self.step != before and self.step % self.cfg.val_every == 0 and self.dp.recorder:
             self._validate()
+        if ok and self.sharpness and self.step != before and self.step % self.sharpness.every == 0:
+            sample = self.sharpness.measure(self)           # sampled: a few dozen HVPs
+            if sample is not None:
+                self._emit_sample(sample)
         self.events.poll()
         return ok
 
@@ -237,11 +253,15 @@ class Trainer(Controls, FaultPolicy):
             self.precision.backward(loss)                   # DDP averages gradients here
         probe.mark("backward")
         self.precision.unscale(self.optimizer)              # fp16: gradients at true scale
+        if self.svrg is not None:                           # the variance-reduced gradient
+            self.svrg.correct(self.model, self.step, x, y, self.precision.autocast)
         probe.after_backward(self.params)
         named = [(n, p.grad) for n, p in zip(self.param_names, self.params) if p.grad is not None]
         grads = [g for _, g in named]
         per_param, norm = grad_norms(grads)                 # global L2 norm, pre-clip
         extra = [self.theory.distance()] if self.theory is not None else []
+        if extra and self.average is not None:              # the average before this update
+            extra.append(self.theory.distance(self.average.model))
         if self.readback.late:
             values = torch.stack([v.double() for v in (loss.detach(), norm, *extra)])
         else:   # read now (free on CPU); with N ranks the loss is their mean, every rank alike
@@ -253,6 +273,8 @@ class Trainer(Controls, FaultPolicy):
         probe.before_update(self.params)
         self.guard.step(self.optimizer)                     # skipped on the device if flagged
         self.precision.update()
+        if self.average is not None:                        # fold the new weights in
+            self.average.update(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         probe.mark("optimizer")
         probe.finish(self)
@@ -285,8 +307,8 @@ class Trainer(Controls, FaultPolicy):
                          self.cfg.batch_size / entry.seconds)
             self._bad_in_row = 0
             if extra:                                       # --model linear: ||w - w*||
-                self.theory.observe(entry.step, extra[0])
-                self._emit_sample(TheorySample(entry.step, extra[0]))
+                self.theory.observe(entry.step, *extra)
+                self._emit_sample(TheorySample(entry.step, *extra))
             blown_up = self.blow_up.observe(entry.step, loss, entry.lr)
             if blown_up:
                 return self._blown_up(entry.step, loss, blown_up)
@@ -316,16 +338,23 @@ class Trainer(Controls, FaultPolicy):
         self.events.emit(StepMetrics(step, loss, lr, grad_norm, clipped, eps, now))
 
     @torch.no_grad()
-    def _validate(self) -> None:
-        self.model.eval()  # back to train() below; not per step: it walks every module
-        gen = torch.Generator(self.gen_device).manual_seed(self.cfg.seed + 1)  # the same batches
+    def _val_loss(self, model: torch.nn.Module) -> float:
+        """Mean loss of `model` on the validation batches (the same batches every time)."""
+        model.eval()  # back to train() below; not per step: it walks every module
+        gen = torch.Generator(self.gen_device).manual_seed(self.cfg.seed + 1)
         with self.precision.autocast():
-            losses = [self.task.loss(self.model(x), y)
+            losses = [self.task.loss(model(x), y)
                       for x, y in (self.task.batch("val", self.cfg.batch_size, gen)
                                    for _ in range(self.cfg.val_batches))]
-        self.last_val_loss = torch.stack(losses).mean().item()
-        self.model.train()
+        model.train()
+        return torch.stack(losses).mean().item()
+
+    def _validate(self) -> None:
         step = self.step - 1
+        self.last_val_loss = self._val_loss(self.model)
+        if self.average is not None:                        # the averaged weights, alike
+            self.last_val_loss_averaged = self._val_loss(self.average.model)
+            self._emit_sample(AveragedVal(step, self.last_val_loss_averaged))
         if self.store is not None:
             self.store.record_val(step, time.time(), self.last_val_loss)
         self.events.emit(ValMetrics(step, self.last_val_loss))
@@ -349,6 +378,8 @@ class Trainer(Controls, FaultPolicy):
             "initial_train_loss": self.initial_loss,
             "final_train_loss": sum(recent) / len(recent) if recent else None,
             "final_val_loss": self.last_val_loss,
+            **({"average": self.cfg.average, "final_val_loss_averaged":
+                self.last_val_loss_averaged} if self.average else {}),
             "last_grad_norm": self.last_grad_norm,
             "clip_events": self.clip_count,
             "skipped_steps": self.skipped_steps,
@@ -356,4 +387,7 @@ class Trainer(Controls, FaultPolicy):
             **self.profiler.summary(),
             **self.dp.summary(),
             **({"theory": self.theory.summary(self.clip_count)} if self.theory else {}),
+            **({"sharpness": self.sharpness.last and self.sharpness.last.sharpness,
+                "sharpness_threshold": self.sharpness.last and self.sharpness.last.threshold}
+               if self.sharpness else {}),
         }

@@ -92,6 +92,7 @@ def _build(name: str, groups: list[dict], lr: float, hp: dict, **fused):
         "radam": lambda: o.RAdam(groups, lr=lr, betas=betas),
         "adamax": lambda: o.Adamax(groups, lr=lr, betas=betas),
         "adafactor": lambda: o.Adafactor(groups, lr=lr),
+        "svrg": lambda: o.SGD(groups, lr=lr),               # on SVRG's gradient (svrg.py)
     }
     return make[name]()
 

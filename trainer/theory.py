@@ -24,15 +24,19 @@ class TheoryWatch:
         self.L, self.mu = float(task.eigenvalues.max()), float(task.eigenvalues.min())
         self.steps: list[int] = []
         self.distances: list[float] = []
+        self.averaged: list[float] = []                    # ||w_avg - w*||, with --average
         self.info: TheoryInfo | None = None
 
-    def distance(self) -> torch.Tensor:
-        """||w - w*|| on the device (read back with the loss)."""
-        return torch.linalg.vector_norm(self.weight.detach().flatten() - self.w_star)
+    def distance(self, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """||w - w*|| on the device (read back with the loss), of `model` or the trained one."""
+        weight = self.weight if model is None else model.w.weight
+        return torch.linalg.vector_norm(weight.detach().flatten() - self.w_star)
 
-    def observe(self, step: int, distance: float) -> None:
+    def observe(self, step: int, distance: float, averaged: float | None = None) -> None:
         self.steps.append(step)
         self.distances.append(distance)
+        if averaged is not None:
+            self.averaged.append(averaged)
 
     def predict(self, trainer) -> TheoryInfo:
         """Theory for the trainer's optimizer, lr and batch, from its current step on."""
@@ -63,4 +67,5 @@ class TheoryWatch:
             "noise_ball_theory": i.noise_ball if i else None,
             "noise_ball_measured": (sum(d * d for d in half) / len(half)) if half else None,
             "clipped_steps": clipped,               # clipping is not in the theory: --clip off
+            "distance_averaged": self.averaged[-1] if self.averaged else None,
         }

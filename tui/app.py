@@ -24,7 +24,7 @@ from lsml_tui.trainer.events import RunFinished, RunStarted
 from . import lifeline
 from .bridge import TrainerBridge, prepare_processes, thin
 from .panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel, LossPanel,
-                     MemoryPanel, StatusLine, SystemPanel, TheoryPanel)
+                     MemoryPanel, SharpnessPanel, StatusLine, SystemPanel, TheoryPanel)
 from .screens import ChoiceScreen, HelpScreen, ValueScreen
 
 REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
@@ -99,6 +99,8 @@ class LsmlApp(App):
                     yield DistributedPanel(self.cfg)
                 if self.cfg.model == "linear":
                     yield TheoryPanel()
+                if self.cfg.sharpness_every is not None:
+                    yield SharpnessPanel(self.cfg.sharpness_every, self.cfg.optimizer)
                 yield SystemPanel()
                 yield EventsPanel()
         yield Footer()

@@ -7,9 +7,10 @@ from .flops import FlopsPanel
 from .gradients import GradientsPanel
 from .loss import LossPanel
 from .memory import MemoryPanel
+from .sharpness import SharpnessPanel
 from .status import StatusLine
 from .system import SystemPanel
 from .theory import TheoryPanel
 
 __all__ = ["DistributedPanel", "EventsPanel", "FlopsPanel", "GradientsPanel", "LossPanel", "MemoryPanel",
-           "StatusLine", "SystemPanel", "TheoryPanel"]
+           "SharpnessPanel", "StatusLine", "SystemPanel", "TheoryPanel"]

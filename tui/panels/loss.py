@@ -1,5 +1,6 @@
-"""Loss against step: train (raw or EMA-smoothed) and validation, log-scale toggle,
-and a marker at every step where optimizer, norm, learning rate or clipping changed."""
+"""Loss against step: train (raw or EMA-smoothed), validation and, with --average, the
+validation loss of the averaged weights; log-scale toggle, and a marker at every step
+where optimizer, norm, learning rate or clipping changed."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
 from lsml_tui.trainer.commands import SWITCHES
-from lsml_tui.trainer.events import CommandApplied, StepMetrics, ValMetrics
+from lsml_tui.trainer.events import AveragedVal, CommandApplied, StepMetrics, ValMetrics
 
 from ..series import EMA, Series
+
+AVERAGED_COLOR = "magenta+"     # the averaged weights' series, in this panel and the theory one
 
 
 class LossPanel(PlotextPlot):
@@ -22,6 +25,8 @@ class LossPanel(PlotextPlot):
         super().__init__(**kw)
         self.border_title = "Loss"
         self.train, self.train_ema, self.val = Series(), Series(), Series()
+        self.averaged = Series()                    # val loss of the averaged weights (--average)
+        self.heading = ""                           # the title line last drawn
         self._ema = EMA()
         self.markers: list[tuple[int, str]] = []   # (step, what changed)
         self.dirty = True
@@ -32,6 +37,8 @@ class LossPanel(PlotextPlot):
             self.train_ema.append(e.step, self._ema.update(e.loss))
         elif isinstance(e, ValMetrics):
             self.val.append(e.step, e.val_loss)
+        elif isinstance(e, AveragedVal):
+            self.averaged.append(e.step, e.val_loss)
         elif isinstance(e, CommandApplied) and e.command.split()[0] in SWITCHES:
             self.markers.append((e.step, e.command))
         else:
@@ -61,10 +68,16 @@ class LossPanel(PlotextPlot):
                  marker="braille")
         if self.val.count:
             plt.plot(*self.val.points(self.columns), label="val", marker="braille")
+        if self.averaged.count:
+            plt.plot(*self.averaged.points(self.columns), label="val (averaged)",
+                     marker="braille", color=AVERAGED_COLOR)
         for step, _ in self.markers:
             plt.vline(step, "orange")
         plt.yscale("log" if self.log_scale else "linear")
         last = [f"train {self.train.last:.4f}"] + ([f"val {self.val.last:.4f}"] if self.val.count else [])
-        plt.title("  ".join(last) + ("  [log]" if self.log_scale else ""))
+        if self.averaged.count:
+            last.append(f"avg {self.averaged.last:.4f}")
+        self.heading = "  ".join(last) + ("  [log]" if self.log_scale else "")
+        plt.title(self.heading)
         self.dirty = False
         self.refresh()

@@ -1,5 +1,6 @@
-"""--model linear: log10 ||w - w*|| against step beside theory's predicted line and noise
-ball, with L, mu, kappa, the stable-lr limit and the theoretical vs the measured rate."""
+"""--model linear: log10 ||w - w*|| against step (and, with --average, log10 ||w_avg - w*||)
+beside theory's predicted line and noise ball, with L, mu, kappa, the stable-lr limit and
+the theoretical vs the measured rate."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lsml_tui.profilers.fit import fitted_rate
 from lsml_tui.trainer.events import TheoryInfo, TheorySample
 
 from ..series import Series
+from .loss import AVERAGED_COLOR
 
 FIT_POINTS = 4096       # samples kept for the measured rate; beyond, every other one is dropped
 
@@ -57,6 +59,7 @@ class TheoryPanel(Vertical):
         super().__init__(**kw)
         self.border_title = "Theory: least squares"
         self.distance = Series()                    # log10 ||w - w*||
+        self.averaged = Series()                    # log10 ||w_avg - w*|| (--average)
         self.info: TheoryInfo | None = None
         self.lines: deque[TheoryInfo] = deque(maxlen=64)   # each prediction, oldest first
         self.recent: list[tuple[int, float]] = []   # (step, distance) since the last info
@@ -75,6 +78,8 @@ class TheoryPanel(Vertical):
             self.last_step = e.step
             if positive(e.distance):
                 self.distance.append(e.step, math.log10(e.distance))
+            if positive(e.distance_averaged):
+                self.averaged.append(e.step, math.log10(e.distance_averaged))
             self.recent.append((e.step, e.distance))
             if len(self.recent) > FIT_POINTS:       # bounded: the fit keeps a uniform sample
                 self.recent = self.recent[::-2][::-1]   # every other one, the newest kept
@@ -102,6 +107,10 @@ class TheoryPanel(Vertical):
             xs, ys = self.distance.points(columns)
             plt.plot(xs, ys, marker="braille")        # no legends: the plot is a few rows tall
             lo, hi = min(ys) - 1, max(ys) + 1       # a prediction far past the data: cut
+            if self.averaged.count:
+                ax, ay = self.averaged.points(columns)
+                plt.plot(ax, ay, marker="braille", color=AVERAGED_COLOR)
+                lo, hi = min(lo, min(ay) - 1), max(hi, max(ay) + 1)
             lines = [c for c in (clip(*line, lo, hi) for line in self.predicted()) if c]
             for px, py in lines:
                 plt.plot(px, py, marker="braille", color="orange")
@@ -110,7 +119,10 @@ class TheoryPanel(Vertical):
                 level = math.log10(math.sqrt(ball))
                 plt.plot([xs[0], xs[-1]], [level, level], marker="braille", color="red")
                 plt.text("noise ball", xs[-1], level, color="red", alignment="right")
-            self.border_subtitle = f"log10 ||w - w*|| {self.distance.last:.3g}, theory orange"
+            avg = (f", avg 10^{self.averaged.last:.3g} {AVERAGED_COLOR.rstrip('+')}"
+                   if self.averaged.count else "")
+            self.border_subtitle = (f"log10 ||w - w*|| {self.distance.last:.3g}{avg}, "
+                                    "theory orange")
         if self.info is not None or self.recent:
             self.query_one("#theory-text", Static).update(self.summary())
         self.dirty = False

@@ -77,6 +77,11 @@ def loss_chart(runs: list[RunData]) -> str:
         if run.val["step"]:
             ax.plot(run.val["step"], run.val["loss"], "o--", ms=3, lw=1, color=line.get_color(),
                     alpha=0.8, label=None if several else "validation")
+        averaged = run.averaged_val
+        if averaged["step"]:                         # --average: the averaged weights' loss
+            ax.plot(averaged["step"], averaged["loss"], "s:", ms=3, lw=1.2,
+                    color=line.get_color() if several else "tab:purple",
+                    label=f"{run.info.id} val (averaged)" if several else "val (averaged)")
     if not several:
         for step, command in runs[0].switches:
             ax.axvline(step, color="tab:orange", lw=0.8, ls=":")
@@ -246,14 +251,21 @@ def _predicted(info: dict, end: int, lo: float, hi: float) -> tuple[list, list]:
 
 @_styled
 def distance_chart(run: RunData) -> str:
-    """--model linear: ||w - w*|| against step on a log axis, theory's line dashed from each
-    TheoryInfo to the next, and the noise ball's sqrt(E||w - w*||^2) when there is one."""
+    """--model linear: ||w - w*|| against step on a log axis (and ||w_avg - w*|| with
+    --average), theory's line dashed from each TheoryInfo to the next, and the noise ball's
+    sqrt(E||w - w*||^2) when there is one."""
     fig, ax = _figure()
     samples, infos = run.samples["TheorySample"], run.samples["TheoryInfo"]
     steps = [s["step"] for s in samples]
     dist = [s["distance"] if s["distance"] > 0 else math.nan for s in samples]
     ax.plot(*_decimated(steps, dist), lw=1, label="measured ||w - w*||")
-    seen = [d for d in dist if math.isfinite(d)]
+    averaged = [(s["step"], s["distance_averaged"]) for s in samples
+                if s.get("distance_averaged") is not None]          # --average
+    avg = [d if d > 0 else math.nan for _, d in averaged]
+    if averaged:
+        ax.plot(*_decimated([t for t, _ in averaged], avg), lw=1, color="tab:purple",
+                label="averaged ||w_avg - w*||")
+    seen = [d for d in dist + avg if math.isfinite(d)]
     lo, hi = (min(seen) / 10, max(seen) * 10) if seen else (1e-12, 1e3)
     last = steps[-1] if steps else max((i["step"] for i in infos), default=0)
     labels = {"line": "theory: distance · rate^(t - step)",

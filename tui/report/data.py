@@ -22,10 +22,11 @@ from .theory import theory_summary
 
 # Adding an optional key is backward compatible (a reader of version 1 ignores what it does
 # not know), so "distributed" (null for a single-process run) and "theory" (null unless
-# --model linear) did not bump the version.
+# --model linear) did not bump the version, nor did the summary's final_val_loss_averaged and
+# min_val_loss_averaged (null without --average) or the theory block's distance_averaged.
 SCHEMA_VERSION = 1
 PROFILES = ("FlopTable", "LayerStats", "MemorySample", "TimingSample", "SystemSample",
-            "DistSample", "TheoryInfo", "TheorySample")
+            "DistSample", "TheoryInfo", "TheorySample", "AveragedVal")
 MEMORY_PARTS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "saved_activation_bytes")
 FINAL_WINDOW = 10      # final_train_loss: mean of the last 10 finite losses, as the trainer's
 RANK_PARTS = ("compute_s", "comm_s", "wait_s", "step_s")
@@ -52,6 +53,12 @@ class RunData:
 
     def latest(self, kind: str) -> dict | None:
         return self.samples[kind][-1] if self.samples[kind] else None
+
+    @property
+    def averaged_val(self) -> dict[str, list]:
+        """--average: step and loss of every validation of the averaged weights."""
+        samples = self.samples["AveragedVal"]
+        return {"step": [s["step"] for s in samples], "loss": [s["val_loss"] for s in samples]}
 
 
 def load_run(run_dir) -> RunData:
@@ -84,6 +91,7 @@ def summarize(run: RunData) -> dict:
     started = next((e for e in run.events if e["kind"] == "RunStarted"), None)
     flops, timing = run.latest("FlopTable"), run.latest("TimingSample")
     memory, layers = run.latest("MemorySample"), run.latest("LayerStats")
+    averaged = run.averaged_val["loss"]                 # --average: the averaged weights' losses
     return {
         "id": info.id,
         "run_dir": info.run_dir,
@@ -106,6 +114,8 @@ def summarize(run: RunData) -> dict:
             "min_train_loss": min(losses) if losses else None,
             "final_val_loss": run.val["loss"][-1] if run.val["loss"] else None,
             "min_val_loss": min(_finite(run.val["loss"]), default=None),
+            "final_val_loss_averaged": averaged[-1] if averaged else None,
+            "min_val_loss_averaged": min(_finite(averaged), default=None),
             "last_grad_norm": norms[-1] if norms else None,
             "max_grad_norm": max(norms, default=None),
             "clip_events": len(run.clips["step"]),

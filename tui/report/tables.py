@@ -37,6 +37,7 @@ def summary_rows(r: dict) -> list[list[str]]:
              f"{_num(s['initial_train_loss'])} / {_num(s['final_train_loss'])} / "
              f"{_num(s['min_train_loss'])}"],
             ["validation loss: final / min", f"{_num(s['final_val_loss'])} / {_num(s['min_val_loss'])}"],
+            *averaged_rows(r),
             ["gradient norm: last / max", f"{_num(s['last_grad_norm'])} / {_num(s['max_grad_norm'])}"],
             ["clip events", f"{s['clip_events']:,}"],
             ["skipped steps (non-finite gradients)", f"{s['skipped_steps']:,}"],
@@ -52,6 +53,16 @@ def summary_rows(r: dict) -> list[list[str]]:
     if r["memory"]:
         rows.append(["peak saved activations", nbytes(r["memory"]["peak_saved_activation_bytes"])])
     return rows
+
+
+def averaged_rows(r: dict) -> list[list[str]]:
+    """--average: the averaged weights' validation loss, final / min; none without it."""
+    s, spec = r["summary"], r["config"].get("average")
+    final, low = s.get("final_val_loss_averaged"), s.get("min_val_loss_averaged")
+    if not spec and final is None:
+        return []
+    return [[f"validation loss, averaged weights ({spec or 'N/A'}): final / min",
+             f"{_num(final)} / {_num(low)}"]]
 
 
 def _share(value) -> str:
@@ -141,6 +152,8 @@ def comparison_rows(reports: list[dict]) -> list[list[str]]:
         row("steps", lambda r: f"{s(r)['steps']:,}"),
         row("final train loss", lambda r: _num(s(r)["final_train_loss"])),
         row("final val loss", lambda r: _num(s(r)["final_val_loss"])),
+        row("final val loss, averaged", lambda r: _num(s(r)["final_val_loss_averaged"])
+            + (f" ({r['config']['average']})" if r["config"].get("average") else "")),
         row("clip events", lambda r: f"{s(r)['clip_events']:,}"),
         row("steps/s", lambda r: _num(s(r)["steps_per_second"], ".1f")),
         row("comm share", lambda r: _rank_share(d(r), "comm_s")),

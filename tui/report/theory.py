@@ -35,6 +35,7 @@ def theory_summary(run) -> dict | None:
         "noise_ball_theory": info["noise_ball"],
         "noise_ball_measured": None,
         "clipped_steps": len(run.clips["step"]),
+        "distance_averaged": (sample or {}).get("distance_averaged"),   # --average
     }
 
 
@@ -64,6 +65,8 @@ def theory_rows(r: dict) -> list[list[str]]:
          number(t["lr_limit"]) + (": lr is beyond it, the run diverges" if beyond else "")],
         ["final ||w - w*||", number(t["distance"])],
     ]
+    if t.get("distance_averaged") is not None:                  # --average
+        rows.append(["final ||w_avg - w*|| (averaged weights)", number(t["distance_averaged"])])
     if t["noise_ball_theory"] is not None:
         rows.append(["noise ball E||w - w*||^2: theory / measured (last half)",
                      f"{number(t['noise_ball_theory'])} / {number(t['noise_ball_measured'])}"])
