@@ -61,16 +61,20 @@ def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
     cfg = RunConfig(**config)
     dp = join(cfg)
     store = None
+    signalled = []                              # the launcher is shutting down (it signals us)
     if dp.recorder:
         run_dir = run_dir or str(Path(cfg.runs_dir) / new_run_id(cfg.model))
         store = RunStore.create(cfg.runs_dir, config, config_toml, run_dir=run_dir)
     else:                                       # rank 0 alone decides when everyone stops
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+            signal.signal(sig, lambda signum, _: signalled.append(signum))
     trainer = Trainer(cfg, sink=sink if dp.recorder else None, store=store, dp=dp)
     if dp.recorder:
+        def stop(signum, _):
+            signalled.append(signum)
+            trainer.submit(C.Stop())
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, lambda *_: trainer.submit(C.Stop()))
+            signal.signal(sig, stop)
         if commands is not None:
             threading.Thread(target=_forward, args=(commands, trainer), daemon=True).start()
     summary = None
@@ -88,6 +92,8 @@ def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
             store.close()
         if summary is not None and summary["status"] != "failed":
             dp.close()          # with a peer gone, tearing the group down can block: skip it
+        if signalled:           # a launcher shutting down never reads a rank's return value
+            os._exit(0)         # (torch's wrapper would wait for it until SIGKILL): done here
 
 
 class RankFailed(RuntimeError):
