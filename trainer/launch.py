@@ -49,19 +49,22 @@ def rank_main(config: dict, config_toml: str, run_dir: str | None, events=None,
               commands=None) -> dict | None:
     """The launcher's entry point: rank 0's events go to the `events` queue."""
     return run_rank(config, config_toml, run_dir, events.put if events is not None else None,
-                    commands)
+                    commands, launched=True)
 
 
 def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
-             commands=None) -> dict | None:
-    """One rank of a data-parallel run: join the group, train, return rank 0's summary."""
+             commands=None, launched: bool = False) -> dict | None:
+    """One rank of a data-parallel run: join the group, train, return rank 0's summary.
+
+    `launched`: started by our elastic launcher (rank_main), whose SIGTERM means it is
+    shutting down."""
     from .distributed import join
     from .loop import Trainer
 
     cfg = RunConfig(**config)
     dp = join(cfg)
     store = None
-    signalled = []                              # the launcher is shutting down (it signals us)
+    signalled: list[int] = []                   # signals this rank received
     if dp.recorder:
         run_dir = run_dir or str(Path(cfg.runs_dir) / new_run_id(cfg.model))
         store = RunStore.create(cfg.runs_dir, config, config_toml, run_dir=run_dir)
@@ -92,8 +95,9 @@ def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
             store.close()
         if summary is not None and summary["status"] != "failed":
             dp.close()          # with a peer gone, tearing the group down can block: skip it
-        if signalled:           # a launcher shutting down never reads a rank's return value
-            os._exit(0)         # (torch's wrapper would wait for it until SIGKILL): done here
+        if launched and signal.SIGTERM in signalled:    # the launcher is shutting down and
+            os._exit(0)         # will never read this rank's return value; torch's wrapper
+                                # would wait for it until SIGKILL: the run is recorded, end
 
 
 class RankFailed(RuntimeError):
