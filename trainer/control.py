@@ -38,7 +38,7 @@ class Controls:
                 if not self.settle(0):
                     self._diverged = True
                 self._apply(cmd)
-            if not self._waiting():
+            if self._diverged or not self._waiting():     # a step read late ended the run
                 return
 
     def _apply(self, cmd: C.Command) -> None:
