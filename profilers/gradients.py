@@ -9,7 +9,7 @@ import torch
 
 def grad_norms(params: list[torch.Tensor]) -> torch.Tensor:
     """L2 norm of each parameter's gradient, one fused call; stays on the device (no sync)."""
-    grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in params]
+    grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in params]
     return torch.stack(torch._foreach_norm(grads))
 
 

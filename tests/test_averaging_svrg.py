@@ -43,6 +43,7 @@ def test_polyak_averaging_shrinks_the_distance_far_below_the_noise_ball(tmp_path
     assert t["noise_ball_measured"] == pytest.approx(t["noise_ball_theory"], rel=0.25)
     assert t["distance_averaged"] ** 2 < t["noise_ball_theory"] / 10
     assert s["final_val_loss_averaged"] < s["final_val_loss"]
+    # validated every 1000 steps, after steps 999, 1999, ... (as the raw weights are)
     assert [e.step for e in rec.of(AveragedVal)] == [999, 1999, 2999, 3999]
 
 

@@ -27,7 +27,7 @@ def param(*values):
 def test_clip_factor_is_applied_without_a_branch_and_matches_clip_grads_with_norm():
     a, b = param(0.0, 0.0), param(0.0)
     a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])   # global norm sqrt(9+16) = 5
-    per, norm = grad_norms([a.grad, b.grad])
+    per, norm = grad_norms([a, b])
     assert per.tolist() == [3.0, 4.0] and norm.item() == 5.0
     Guard(CPU).clip_and_check([a.grad, b.grad], norm, clip=1.0)
     factor = 1.0 / (5.0 + 1e-6)                                      # clip / (norm + 1e-6)
@@ -35,7 +35,7 @@ def test_clip_factor_is_applied_without_a_branch_and_matches_clip_grads_with_nor
     assert b.grad.tolist() == pytest.approx([4.0 * factor])
     c = param(0.0)
     c.grad = torch.tensor([0.5])                                     # under the threshold
-    Guard(CPU).clip_and_check([c.grad], grad_norms([c.grad])[1], clip=1.0)
+    Guard(CPU).clip_and_check([c.grad], grad_norms([c])[1], clip=1.0)
     assert c.grad.item() == 0.5                                      # min(1, 1/0.5) = 1
 
 
@@ -48,7 +48,7 @@ def test_a_nan_gradient_never_reaches_the_weights_or_the_optimizer_state(make):
     p = param(1.0, 1.0, 1.0)
     opt, guard = make(p), Guard(CPU)
     p.grad = torch.tensor([1.0, math.nan, 1.0])
-    guard.clip_and_check([p.grad], grad_norms([p.grad])[1], clip=1.0)
+    guard.clip_and_check([p.grad], grad_norms([p])[1], clip=1.0)
     assert guard.found_inf.item() == 1.0
     guard.step(opt)
     assert p.tolist() == [1.0, 1.0, 1.0]
@@ -57,11 +57,11 @@ def test_a_nan_gradient_never_reaches_the_weights_or_the_optimizer_state(make):
     if "step" in state:
         assert state["step"].item() == 0                      # the skipped step is not counted
     p.grad = torch.tensor([1.0, 1.0, 1.0])                    # still flagged: still skipped
-    guard.clip_and_check([p.grad], grad_norms([p.grad])[1], clip=None)
+    guard.clip_and_check([p.grad], grad_norms([p])[1], clip=None)
     guard.step(opt)
     assert p.tolist() == [1.0, 1.0, 1.0]
     guard.clear()                                             # the host has seen the bad step
-    guard.clip_and_check([p.grad], grad_norms([p.grad])[1], clip=None)
+    guard.clip_and_check([p.grad], grad_norms([p])[1], clip=None)
     guard.step(opt)
     assert all(v < 1.0 for v in p.tolist())                   # now it updates
 
@@ -74,13 +74,13 @@ def test_fused_tells_which_optimizers_skip_on_the_device():
 
 def test_read_back_holds_the_newest_step_until_the_next_one_is_queued():
     rb = ReadBack(CPU, late=True)
-    rb.push(0, 0.1, 0.01, torch.tensor([2.0, 1.0]), torch.ones(1), ["w"])
+    rb.push(0, 0.1, 0.01, torch.tensor([2.0, 1.0]), torch.ones(1))
     assert [e.step for e in rb.ready()] == []                 # step 0 waits for step 1
-    rb.push(1, 0.1, 0.01, torch.tensor([1.5, 1.0]), torch.ones(1), ["w"])
+    rb.push(1, 0.1, 0.01, torch.tensor([1.5, 1.0]), torch.ones(1))
     assert [e.step for e in rb.ready()] == [0]
     assert [e.step for e in rb.ready(keep=0)] == [1]          # draining takes the rest
     now = ReadBack(CPU, late=False)
-    now.push(0, 0.1, 0.01, torch.tensor([2.0, 1.0]), torch.ones(1), ["w"])
+    now.push(0, 0.1, 0.01, torch.tensor([2.0, 1.0]), torch.ones(1))
     assert [e.step for e in now.ready()] == [0]
 
 

@@ -33,7 +33,8 @@ class FaultPolicy:
             return True
         if not math.isfinite(loss):
             return self._nonfinite_loss(loss, entry.lr)
-        name = first_nonfinite(entry.names, entry.per_param.tolist()) or "?"
+        # (steps in flight are settled before any command, so the parameters are still these)
+        name = first_nonfinite(self.param_names, entry.per_param.tolist()) or "?"
         return self._skip(loss, entry.lr, name, f"non-finite gradient in {name} at step "
                           f"{self.step}; update skipped")
 

@@ -26,18 +26,22 @@ from typing import NamedTuple
 
 import torch
 
+from lsml_tui.profilers import gradients
 
-def grad_norms(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-gradient L2 norms (K,), global L2 norm ()), on the device: what
-    ``get_total_norm`` computes, keeping the per-tensor norms to name a culprit."""
-    per = torch.stack(torch._foreach_norm(grads))
+from .optim import parts
+
+
+def grad_norms(params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-parameter gradient L2 norms (K,), 0 where none; their global L2 norm ()), on the
+    device: what ``get_total_norm`` computes, keeping the per-parameter norms (profiled,
+    and naming the culprit of a NaN)."""
+    per = gradients.grad_norms(params)
     return per, torch.linalg.vector_norm(per)
 
 
 def fused(optimizer) -> bool:
     """True when every part of `optimizer` can skip its update on the device."""
-    return all(getattr(opt, "_step_supports_amp_scaling", False)
-               for opt in getattr(optimizer, "optimizers", [optimizer]))
+    return all(getattr(opt, "_step_supports_amp_scaling", False) for opt in parts(optimizer))
 
 
 class Guard:
@@ -57,7 +61,7 @@ class Guard:
 
     def step(self, optimizer) -> None:
         """The optimizer's update, unless ``found_inf`` is set."""
-        for opt in getattr(optimizer, "optimizers", [optimizer]):
+        for opt in parts(optimizer):
             if getattr(opt, "_step_supports_amp_scaling", False):
                 opt.found_inf = self.found_inf               # read by the fused kernel
                 try:
@@ -77,8 +81,7 @@ class Pending(NamedTuple):
     seconds: float              # host time of the step
     host: torch.Tensor          # [loss, norm, ...] once the copy has landed
     event: object               # a CUDA event after the copy, or None
-    per_param: torch.Tensor     # per-gradient norms on the device, to name a culprit
-    names: list                 # the parameters those norms belong to
+    per_param: torch.Tensor     # per-parameter gradient norms on the device, to name a culprit
 
 
 class ReadBack:
@@ -98,7 +101,7 @@ class ReadBack:
         self._next = 0
 
     def push(self, step: int, lr: float, seconds: float, values: torch.Tensor,
-             per_param: torch.Tensor, names: list) -> None:
+             per_param: torch.Tensor) -> None:
         """Queue a copy of `values` ([loss, norm, ...] on the device, float64, at most 4)
         without waiting for it."""
         event = None
@@ -110,7 +113,7 @@ class ReadBack:
             event.record()
         else:
             host = values
-        self.queue.append(Pending(step, lr, seconds, host, event, per_param, names))
+        self.queue.append(Pending(step, lr, seconds, host, event, per_param))
 
     def ready(self, keep: int | None = None):
         """Pop the entries that may be read now, oldest first, waiting for all but the newest

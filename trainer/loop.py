@@ -255,10 +255,9 @@ class Trainer(Controls, FaultPolicy):
         self.precision.unscale(self.optimizer)              # fp16: gradients at true scale
         if self.svrg is not None:                           # the variance-reduced gradient
             self.svrg.correct(self.model, self.step, x, y, self.precision.autocast)
-        probe.after_backward(self.params)
-        named = [(n, p.grad) for n, p in zip(self.param_names, self.params) if p.grad is not None]
-        grads = [g for _, g in named]
-        per_param, norm = grad_norms(grads)                 # global L2 norm, pre-clip
+        per_param, norm = grad_norms(self.params)           # global L2 norm, pre-clip
+        probe.after_backward(per_param)
+        grads = [p.grad for p in self.params if p.grad is not None]
         extra = [self.theory.distance()] if self.theory is not None else []
         if extra and self.average is not None:              # the average before this update
             extra.append(self.theory.distance(self.average.model))
@@ -281,7 +280,7 @@ class Trainer(Controls, FaultPolicy):
         dt = time.perf_counter() - t0
         self.train_seconds += dt
         self.profiler.observe_step_time(dt, probed=probe is not NULL_PROBE)
-        self.readback.push(self.step, lr, dt, values, per_param, [n for n, _ in named])
+        self.readback.push(self.step, lr, dt, values, per_param)
         self._advance_trace()
         self.step += 1
         self.dp.end_step(self)                              # sampled: every rank's timings

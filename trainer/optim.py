@@ -97,7 +97,8 @@ def _build(name: str, groups: list[dict], lr: float, hp: dict, **fused):
     return make[name]()
 
 
-def _subs(opt) -> list:
+def parts(opt) -> list:
+    """The torch optimizers inside `opt`: itself, or MuonAdamW's two."""
     return getattr(opt, "optimizers", [opt])
 
 
@@ -138,9 +139,9 @@ def rebuild_keeping_state(old, name: str, model: nn.Module, lr: float, weight_de
     Parameters that survived keep their state; returns (optimizer, tensors kept).
     """
     new = build_optimizer(name, model, lr, weight_decay, hp)
-    old_state = {p: (type(sub), s) for sub in _subs(old) for p, s in sub.state.items()}
+    old_state = {p: (type(sub), s) for sub in parts(old) for p, s in sub.state.items()}
     kept = 0
-    for sub in _subs(new):
+    for sub in parts(new):
         for p in (p for g in sub.param_groups for p in g["params"]):
             if p in old_state and old_state[p][0] is type(sub):
                 sub.state[p] = old_state[p][1]

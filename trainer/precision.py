@@ -14,6 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from .config import ConfigError
+from .optim import parts
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -67,7 +68,7 @@ class Precision:
     def unscale(self, optimizer) -> None:
         """Gradients back to their true scale, so the norm and clipping see real values."""
         if self.scaler:
-            for opt in getattr(optimizer, "optimizers", [optimizer]):
+            for opt in parts(optimizer):
                 self.scaler.unscale_(opt)
 
     def update(self) -> None:

@@ -40,7 +40,7 @@ class NullProbe:
     def end_forward(self) -> None:
         pass
 
-    def after_backward(self, params) -> None:
+    def after_backward(self, grad_norms) -> None:
         pass
 
     def before_update(self, params) -> None:
@@ -86,9 +86,9 @@ class Probe(NullProbe):
         if self.flops is not None:
             self.flops.end_forward()
 
-    def after_backward(self, params) -> None:
+    def after_backward(self, grad_norms) -> None:
         if self.sample:
-            self.norms = gradients.grad_norms(params)      # before clipping
+            self.norms = grad_norms                         # per parameter, before clipping
 
     def before_update(self, params) -> None:
         if self.sample:
