@@ -13,6 +13,9 @@ interleaved chunk by chunk so that machine noise hits them alike:
   sharpness   the default arm plus one sharpness measurement (--sharpness-every 100:
               power iteration on Hessian-vector products) per chunk; off by default,
               so this is what turning it on costs, and the seconds one measurement takes
+  noise       the default arm plus one gradient-noise-scale measurement per chunk
+              (--noise-scale-every 100: one extra forward and backward of a batch in 4
+              parts); off by default, likewise
 
 Each chunk is one sampling period (--sample-every steps, so every default chunk
 holds exactly one profiled step), and the arms take turns chunk by chunk.
@@ -81,10 +84,12 @@ def measure(model: str, repeats: int, runs_dir: str) -> dict[str, float]:
     _, every_steps, close_every = trainer_arm(every, runs_dir)
     sharp_trainer, sharp_steps, close_sharp = trainer_arm(
         base.replace(sharpness_every=base.sample_every), runs_dir)
+    noise_trainer, noise_steps, close_noise = trainer_arm(
+        base.replace(noise_scale_every=base.sample_every), runs_dir)
     bare_steps = bare_loop(Trainer(base.replace(profile=False)))
     arms = {"bare": bare_steps, "default": default_steps, "everything": every_steps,
-            "sharpness": sharp_steps}
-    seconds = []
+            "sharpness": sharp_steps, "noise": noise_steps}
+    seconds, noise_seconds = [], []
     chunk = base.sample_every
     for fn in arms.values():
         fn(chunk // 5)                   # warm-up: allocator, caches, the FLOP count
@@ -95,11 +100,11 @@ def measure(model: str, repeats: int, runs_dir: str) -> dict[str, float]:
             fn(chunk)
             rates[name].append(chunk / (time.perf_counter() - t0))
         seconds.append(sharp_trainer.sharpness.last.seconds)
-    close_default()
-    close_every()
-    close_sharp()
+        noise_seconds.append(noise_trainer.noise.last.seconds)
+    for close in (close_default, close_every, close_sharp, close_noise):
+        close()
     return {**{name: statistics.median(r) for name, r in rates.items()},
-            "sharpness_s": statistics.median(seconds)}
+            "sharpness_s": statistics.median(seconds), "noise_s": statistics.median(noise_seconds)}
 
 
 def main() -> None:
@@ -111,13 +116,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.repeats} repeats x {chunk} steps per arm, medians")
     print(f"{'workload':<12} {'bare/s':>9} {'default/s':>10} {'every/s':>9} "
-          f"{'default/bare':>13} {'every/bare':>11} {'sharp/bare':>11} {'s/sharpness':>12}")
+          f"{'default/bare':>13} {'every/bare':>11} {'sharp/bare':>11} {'s/sharpness':>12} "
+          f"{'noise/bare':>11} {'s/noise':>8}")
     with tempfile.TemporaryDirectory() as runs_dir:
         for model in args.models.split(","):
             r = measure(model, args.repeats, runs_dir)
             print(f"{model:<12} {r['bare']:>9.1f} {r['default']:>10.1f} {r['everything']:>9.1f} "
                   f"{r['default'] / r['bare']:>13.3f} {r['everything'] / r['bare']:>11.3f} "
-                  f"{r['sharpness'] / r['bare']:>11.3f} {r['sharpness_s']:>12.3f}", flush=True)
+                  f"{r['sharpness'] / r['bare']:>11.3f} {r['sharpness_s']:>12.3f} "
+                  f"{r['noise'] / r['bare']:>11.3f} {r['noise_s']:>8.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """Data-parallel arithmetic on measured numbers: where a synchronous step's time goes,
-bandwidth, stragglers and the gradient noise scale. Plain data in, plain data out.
+bandwidth and stragglers (the gradient noise scale is profilers/noise.py). Plain data in, plain data out.
 """
 
 from __future__ import annotations
 
-import math
 import random
 
 # One row per rank, in this order, as the ranks gather them on a sampled step.
@@ -88,37 +87,3 @@ def expected_max_delay(straggle: tuple, n: int, draws: int = 20_000) -> float:
 def mean_delay(straggle: tuple, rank: int) -> float:
     """The delay a rank adds before each backward, on average."""
     return sum(s for r, s in straggle if r is None or r == rank)
-
-
-class NoiseScale:
-    """The simple gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018,
-    appendix A), from each rank's local gradient (batch B) and the all-reduced one (N * B).
-
-    With |g_b|^2 the squared norm of a gradient averaged over b examples,
-    E|g_b|^2 = |G|^2 + tr(Sigma) / b, so two batch sizes give unbiased estimates:
-    |G|^2 = (B_big |g_big|^2 - B_small |g_small|^2) / (B_big - B_small) and
-    tr(Sigma) = (|g_small|^2 - |g_big|^2) / (1 / B_small - 1 / B_big). Each estimate is
-    noisy, so both are smoothed (EMA) before their ratio is taken.
-    """
-
-    def __init__(self, decay: float = 0.9):
-        self.decay = decay
-        self.g2: float | None = None
-        self.trace: float | None = None
-
-    def update(self, small_sq: float, big_sq: float, b_small: int, b_big: int) -> float | None:
-        """Feed one sampled step (mean local squared norm, global squared norm); return
-        B_simple, or None until it is defined (a non-positive |G|^2 estimate)."""
-        if b_big <= b_small or not (math.isfinite(small_sq) and math.isfinite(big_sq)):
-            return self.value
-        g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
-        trace = (small_sq - big_sq) / (1 / b_small - 1 / b_big)
-        ema = lambda old, new: new if old is None else self.decay * old + (1 - self.decay) * new  # noqa: E731
-        self.g2, self.trace = ema(self.g2, g2), ema(self.trace, trace)
-        return self.value
-
-    @property
-    def value(self) -> float | None:
-        if self.g2 is None or self.g2 <= 0 or self.trace <= 0:
-            return None                     # early on, the noisy estimates can go negative
-        return self.trace / self.g2

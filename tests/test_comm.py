@@ -54,15 +54,3 @@ def test_wait_is_the_gap_to_the_slowest_compute_and_comm_is_the_rest():
     assert fast["wait_s"] == pytest.approx(0.020)          # 0.030 - 0.010
     assert fast["comm_s"] == pytest.approx(0.010)          # 0.030 exposed - 0.020 waiting
     assert slow["wait_s"] == 0 and slow["comm_s"] == pytest.approx(0.008)
-
-
-def test_noise_scale_from_two_batch_sizes_recovers_its_inputs():
-    # E|g_b|^2 = |G|^2 + tr(Sigma) / b, with |G|^2 = 4 and tr(Sigma) = 400:
-    # b = 32: 4 + 12.5 = 16.5; b = 64 (two ranks): 4 + 6.25 = 10.25; B_simple = 400 / 4 = 100
-    noise = comm.NoiseScale()
-    assert noise.update(16.5, 10.25, 32, 64) == pytest.approx(100.0)
-    assert noise.g2 == pytest.approx(4.0) and noise.trace == pytest.approx(400.0)
-    # |G|^2 = (64 * 1 - 32 * 16) / 32 = -14 < 0: the estimate is undefined, not negative
-    assert comm.NoiseScale().update(16.0, 1.0, 32, 64) is None
-    # tr(Sigma) = (1 - 2) / (1/32 - 1/64) = -64 < 0 (the big batch looked noisier): undefined
-    assert comm.NoiseScale().update(1.0, 2.0, 32, 64) is None

@@ -133,7 +133,8 @@ def test_to_toml_round_trips_every_field(tmp_path):
 
 def test_ui_side_modules_do_not_import_torch():
     code = ("import sys; import lsml_tui.tui.cli, lsml_tui.trainer.config, lsml_tui.trainer.events,"
-            " lsml_tui.trainer.commands, lsml_tui.trainer.store, lsml_tui.trainer.specs;"
+            " lsml_tui.trainer.commands, lsml_tui.trainer.store, lsml_tui.trainer.specs,"
+            " lsml_tui.tui.app, lsml_tui.tui.report.data, lsml_tui.tui.report.measures;"
             " print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -22,7 +22,7 @@ from tests.test_dashboard import until
 
 DOCUMENTED_KEYS = {"id", "run_dir", "status", "partial", "model", "optimizer", "norm", "device",
                    "precision", "params", "created", "ended", "config", "summary", "flops", "memory", "timing",
-                   "system", "timeline", "distributed", "theory"}
+                   "system", "timeline", "distributed", "theory", "sharpness", "noise_scale"}
 SUMMARY_KEYS = {"steps", "last_step", "initial_train_loss", "final_train_loss", "min_train_loss",
                 "final_val_loss", "min_val_loss", "last_grad_norm", "max_grad_norm",
                 "clip_events", "skipped_steps", "steps_per_second", "switches",

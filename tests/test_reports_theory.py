@@ -10,7 +10,7 @@ import pytest
 from lsml_tui.trainer.events import CommandApplied, RunStarted, TheoryInfo, TheorySample
 from lsml_tui.trainer.store import RunStore, open_run
 from lsml_tui.tui.report import write_reports
-from lsml_tui.tui.report.charts import _predicted
+from lsml_tui.tui.report.theory_charts import _predicted
 from lsml_tui.tui.report.theory import CLIP_NOTE, rate
 
 from tests.conftest import run_json

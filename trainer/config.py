@@ -60,6 +60,11 @@ class RunConfig:
     sharpness_every: int | None = _f(None, "measure the top Hessian eigenvalue (power iteration "
                                      "on Hessian-vector products, a fixed batch) every this many "
                                      "steps; off by default", "int")
+    noise_scale_every: int | None = _f(None, "measure the gradient noise scale B_simple (the "
+                                       "batch size beyond which a larger batch pays little) "
+                                       "every this many steps, from 4 parts of one batch; off "
+                                       "by default (with --workers > 1 it comes from the ranks)",
+                                       "int")
     average: str | None = _f(None, "average the weights: polyak (the running mean of every "
                              "iterate) or ema:DECAY (0 < DECAY < 1); the averaged weights are "
                              "validated too", "str")
@@ -312,6 +317,16 @@ def resolve(cfg: RunConfig) -> RunConfig:
     batch = cfg.examples if batch is None else batch           # linear: full batch
     if batch < 1:
         raise ConfigError(f"--batch-size {batch} is out of range: must be an integer >= 1")
+    if cfg.noise_scale_every is not None:
+        if cfg.noise_scale_every < 1:
+            raise ConfigError(f"--noise-scale-every {cfg.noise_scale_every} is out of range: must "
+                              f"be an integer >= 1 (leave it out for off)")
+        if batch < 2:
+            raise ConfigError(f"--noise-scale-every needs two batch sizes, so --batch-size >= 2 "
+                              f"(got {batch})")
+        if cfg.workers > 1:
+            raise ConfigError("--noise-scale-every is for one process; with --workers > 1 the "
+                              "noise scale comes from the ranks (the distributed panel)")
     if cfg.model == "linear" and batch > cfg.examples:
         raise ConfigError(f"--batch-size {batch} is out of range for --examples {cfg.examples}: "
                           f"at most {cfg.examples} (all of them: gradient descent)")

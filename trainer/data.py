@@ -45,6 +45,10 @@ class Task:
         i = torch.randint(len(x), (batch_size,), generator=gen, device=gen.device).to(self.device)
         return x[i], y[i]
 
+    def sample(self, batch_size: int, gen: torch.Generator):
+        """Training examples drawn at random, even where ``batch`` is the whole set."""
+        return self.batch("train", batch_size, gen)
+
     def loss(self, out, y):
         return F.cross_entropy(out, y)
 
@@ -233,6 +237,9 @@ class LinearTask(Task):
         if split == "val" or batch_size >= len(self.x_train):
             return self.x_train, self.y_train
         return super().batch(split, batch_size, gen)
+
+    def sample(self, batch_size, gen):
+        return super().batch("train", batch_size, gen)      # with replacement, any size
 
     def loss(self, out, y):  # |Xw - y|^2 / 2B: the Hessian of the whole set's loss is H
         return 0.5 * F.mse_loss(out, y)

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from lsml_tui.profilers import comm
+from lsml_tui.profilers.noise import NoiseScale
 
 from .config import parse_straggle
 from .events import DistSample
@@ -142,7 +143,7 @@ class DataParallel(Alone):
         self._pending: queue.SimpleQueue = queue.SimpleQueue()   # rank 0's, see attach
         self._marks: dict[str, float] = {}
         self._delay = 0.0
-        self.noise = comm.NoiseScale()
+        self.noise = NoiseScale()
         self.totals: dict[int, dict] = {}               # rank -> summed breakdown (rank 0)
         self.samples = 0
         self.last: DistSample | None = None

@@ -204,6 +204,18 @@ class SharpnessSample:
 
 
 @dataclass(frozen=True)
+class NoiseSample:
+    """--noise-scale-every: the gradient noise scale in one process (profilers/noise.py)."""
+    step: int
+    noise_scale: float | None       # B_simple = tr(Sigma) / |G|^2 (EMA estimates); None early
+    g2: float | None                # the |G|^2 estimate (EMA)
+    trace: float | None             # the tr(Sigma) estimate (EMA)
+    batch: int                      # the run's batch size, to read B_simple against
+    part: int                       # examples per part: the small batch of the two
+    seconds: float                  # what the measurement cost
+
+
+@dataclass(frozen=True)
 class AveragedVal:
     step: int
     val_loss: float                 # the validation loss of the averaged weights (--average)
@@ -219,7 +231,7 @@ class RunFinished:
 Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
          | OutOfMemory | RecordingProblem | RunFailed | ClipEvent | NonFiniteGradients | FlopTable
          | LayerStats | MemorySample | TimingSample | SystemSample | TraceCaptured | DistSample
-         | TheoryInfo | TheorySample | AveragedVal | SharpnessSample | RunFinished)
+         | TheoryInfo | TheorySample | AveragedVal | SharpnessSample | NoiseSample | RunFinished)
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
 

@@ -31,6 +31,7 @@ from .precision import Precision
 from .profiling import NULL_PROBE, Profiler
 from .recovery import Snapshot, is_out_of_memory
 from .averaging import WeightAverage
+from .noise import NoiseWatch
 from .sharpness import SharpnessWatch
 from .svrg import SVRG
 from .theory import TheoryWatch
@@ -95,6 +96,7 @@ class Trainer(Controls, FaultPolicy):
         self.guard = Guard(self.device)
         self.average = WeightAverage(self.model, cfg.average) if cfg.average else None
         self.sharpness = SharpnessWatch(self, cfg.sharpness_every) if cfg.sharpness_every else None
+        self.noise = NoiseWatch(self, cfg.noise_scale_every) if cfg.noise_scale_every else None
         self._make_svrg()
         # on one GPU the values of a step are read while the next one runs (guard.py)
         self.readback = ReadBack(self.device, self.device.type == "cuda" and self.dp.size == 1
@@ -223,10 +225,13 @@ class Trainer(Controls, FaultPolicy):
         self._single_step = False
         if ok and self.step != before and self.step % self.cfg.val_every == 0 and self.dp.recorder:
             self._validate()
-        if ok and self.sharpness and self.step != before and self.step % self.sharpness.every == 0:
+        due = lambda watch: ok and watch and self.step != before and self.step % watch.every == 0  # noqa: E731
+        if due(self.sharpness):
             sample = self.sharpness.measure(self)           # sampled: a few dozen HVPs
             if sample is not None:
                 self._emit_sample(sample)
+        if due(self.noise):                                 # sampled: one extra fwd + bwd
+            self._emit_sample(self.noise.measure(self))
         self.events.poll()
         return ok
 
@@ -389,4 +394,5 @@ class Trainer(Controls, FaultPolicy):
             **({"sharpness": self.sharpness.last and self.sharpness.last.sharpness,
                 "sharpness_threshold": self.sharpness.last and self.sharpness.last.threshold}
                if self.sharpness else {}),
+            **(self.noise.summary() if self.noise else {}),
         }

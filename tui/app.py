@@ -24,7 +24,8 @@ from lsml_tui.trainer.events import RunFinished, RunStarted
 from . import lifeline
 from .bridge import TrainerBridge, prepare_processes, thin
 from .panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel, LossPanel,
-                     MemoryPanel, SharpnessPanel, StatusLine, SystemPanel, TheoryPanel)
+                     MemoryPanel, NoiseScalePanel, SharpnessPanel, StatusLine, SystemPanel,
+                     TheoryPanel)
 from .screens import ChoiceScreen, HelpScreen, ValueScreen
 
 REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
@@ -101,6 +102,8 @@ class LsmlApp(App):
                     yield TheoryPanel()
                 if self.cfg.sharpness_every is not None:
                     yield SharpnessPanel(self.cfg.sharpness_every, self.cfg.optimizer)
+                if self.cfg.noise_scale_every is not None:
+                    yield NoiseScalePanel(self.cfg.noise_scale_every)
                 yield SystemPanel()
                 yield EventsPanel()
         yield Footer()

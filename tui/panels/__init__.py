@@ -7,10 +7,11 @@ from .flops import FlopsPanel
 from .gradients import GradientsPanel
 from .loss import LossPanel
 from .memory import MemoryPanel
+from .noise import NoiseScalePanel
 from .sharpness import SharpnessPanel
 from .status import StatusLine
 from .system import SystemPanel
 from .theory import TheoryPanel
 
 __all__ = ["DistributedPanel", "EventsPanel", "FlopsPanel", "GradientsPanel", "LossPanel", "MemoryPanel",
-           "SharpnessPanel", "StatusLine", "SystemPanel", "TheoryPanel"]
+           "NoiseScalePanel", "SharpnessPanel", "StatusLine", "SystemPanel", "TheoryPanel"]

@@ -18,15 +18,18 @@ from lsml_tui.trainer.events import event_from_payload
 from lsml_tui.trainer.store import LIVE, RunInfo, open_run
 
 from ..format import describe
+from .measures import noise_summary, sharpness_summary
 from .theory import theory_summary
 
 # Adding an optional key is backward compatible (a reader of version 1 ignores what it does
 # not know), so "distributed" (null for a single-process run) and "theory" (null unless
 # --model linear) did not bump the version, nor did the summary's final_val_loss_averaged and
-# min_val_loss_averaged (null without --average) or the theory block's distance_averaged.
+# min_val_loss_averaged (null without --average) or the theory block's distance_averaged,
+# nor "sharpness" and "noise_scale" (null unless measured).
 SCHEMA_VERSION = 1
 PROFILES = ("FlopTable", "LayerStats", "MemorySample", "TimingSample", "SystemSample",
-            "DistSample", "TheoryInfo", "TheorySample", "AveragedVal")
+            "DistSample", "TheoryInfo", "TheorySample", "AveragedVal", "SharpnessSample",
+            "NoiseSample")
 MEMORY_PARTS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "saved_activation_bytes")
 FINAL_WINDOW = 10      # final_train_loss: mean of the last 10 finite losses, as the trainer's
 RANK_PARTS = ("compute_s", "comm_s", "wait_s", "step_s")
@@ -145,6 +148,8 @@ def summarize(run: RunData) -> dict:
         "system": system_summary(run.samples["SystemSample"]),
         "distributed": distributed_summary(run),
         "theory": theory_summary(run),
+        "sharpness": sharpness_summary(run.samples["SharpnessSample"]),
+        "noise_scale": noise_summary(run.samples["NoiseSample"]),
         "timeline": [timeline_entry(e) for e in run.events],
     }
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from html import escape
 
-from .charts import charts, distance_chart
+from .charts import charts
 from .data import RunData
+from .measures import sections
 from .tables import mode as _mode
 from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
                      distributed_summary_rows, flops_rows, summary_rows)
 from .theory import theory_notes, theory_rows
+from .theory_charts import distance_chart, noise_chart, sharpness_chart
+
+MEASURE_CHARTS = {"SharpnessSample": sharpness_chart, "NoiseSample": noise_chart}
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
@@ -68,6 +72,10 @@ def render(runs: list[RunData], reports: list[dict]) -> str:
             if run.samples["TheorySample"]:
                 label = "Distance to w*" + (f" {r['id']}" if several else "")
                 parts.append(f'<figure aria-label="{escape(label)}">{distance_chart(run)}</figure>')
+        for title, rows, note, kind in sections(r):
+            parts += [f"<h2>{escape(title)}{level}</h2>", _table(["figure", "value"], rows),
+                      f"<p>{escape(note)}</p>",
+                      f'<figure aria-label="{escape(title)}">{MEASURE_CHARTS[kind](run)}</figure>']
         parts += [f"<h2>Config{level}</h2>", _table(["key", "value"], config_rows(r)),
                   f"<h2>Timeline{level}</h2>",
                   '<div class="timeline">' + "\n".join(escape(e["text"]) for e in r["timeline"])

@@ -6,6 +6,7 @@ from ..format import milliseconds, nbytes
 from .tables import mode
 from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
                      distributed_summary_rows, flops_rows, summary_rows)
+from .measures import sections
 from .theory import theory_notes, theory_rows
 
 
@@ -65,6 +66,8 @@ def _run(r: dict, level: str) -> list[str]:
         out += [f"{level}# Theory (least squares)", "",
                 table(["figure", "value"], theory_rows(r)), ""]
         out += [line for note in theory_notes(r) for line in (note, "")]
+    for title, rows, note, _ in sections(r):
+        out += [f"{level}# {title}", "", table(["figure", "value"], rows), "", note, ""]
     out += [f"{level}# Config", "", table(["key", "value"], config_rows(r)), "",
             f"{level}# Timeline", ""]
     out += [f"- {e['text']}" for e in r["timeline"]] or ["- (no events recorded)"]

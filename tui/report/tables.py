@@ -163,6 +163,10 @@ def comparison_rows(reports: list[dict]) -> list[list[str]]:
         row("bus bandwidth", lambda r: si(d(r)["busbw"], "B/s")),
         row("rate per step: theory / measured", lambda r: f"{rate(r['theory']['rate_theory'])} / "
                                                           f"{rate(r['theory']['rate_measured'])}"),
+        row("sharpness / limit", lambda r: f"{_num(r['sharpness']['last'])} / "
+                                           f"{_num(r['sharpness']['threshold'])}"),
+        row("noise scale vs batch", lambda r: f"{_num(r['noise_scale']['last'], '.3g')} vs "
+                                              f"{r['noise_scale']['batch']}"),
         row("FLOPs fwd / bwd per step", lambda r: f"{si(r['flops']['forward_per_step'])} / "
                                                   f"{si(r['flops']['backward_per_step'])}"),
         row("achieved FLOP/s", lambda r: si(r["flops"]["achieved_flops_per_second"], "FLOP/s")),
