@@ -8,6 +8,7 @@ and exit status 2 before anything is written.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from datetime import datetime
@@ -38,6 +39,18 @@ def _formats(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _tensorboard_installed() -> None:
+    """--format tensorboard: refused before anything is written when the extra is missing."""
+    try:
+        importlib.import_module("lsml_tui.tui.report.tensorboard")  # it imports tensorboard
+    except ImportError as e:
+        if (e.name or "").startswith("lsml_tui"):
+            raise                       # our own bug, not a missing package
+        raise ConfigError(f"--format tensorboard needs the optional tensorboard package "
+                          f"(cannot import {e.name or e}); install it with: "
+                          f"pip install 'lsml-tui[tensorboard]'") from None
+
+
 def _writable_dir(path: str) -> str:
     p = Path(path)
     existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
@@ -52,9 +65,10 @@ def parser(prog: str, make) -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write reports of one run, or a comparison of several")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--format", default="html,md,json,csv",
-                     help="comma-separated: html, md, json, csv (default all)")
+                     help="comma-separated: html, md, json, csv (default: these four), "
+                     "tensorboard (event files, one per run; needs lsml-tui[tensorboard])")
     rep.add_argument("--out", metavar="DIR", help="where to write (default: the run directory, "
-                     "or the runs directory for a comparison)")
+                     "or the runs directory for a comparison; tensorboard: DIR/<run id>/)")
     runs = sub.add_parser("runs", help="list the runs in a runs directory")
     runs.add_argument("--runs-dir", default="runs", metavar="DIR")
     opn = sub.add_parser("open", help="open a stored run in the dashboard: a finished run is "
@@ -69,6 +83,8 @@ def main(argv: list[str], prog: str, make) -> int:
         dirs = [_run_dir(d) for d in args.run_dirs]
         formats = _formats(args.format)
         out = _writable_dir(args.out) if args.out else None
+        if "tensorboard" in formats:
+            _tensorboard_installed()
         from .report import write_reports
         for path in write_reports(dirs, formats, out):
             print(path)

@@ -4,7 +4,9 @@
 one file per format, each to a temporary name renamed into place. One run's
 reports go to ``<run_dir>/report.<ext>``; several runs make one comparison,
 ``<runs dir>/compare-<time>.<ext>``. A data-parallel run's CSV comes with a second one
-beside it, ``<stem>-ranks.csv``: one row per sampled step and rank.
+beside it, ``<stem>-ranks.csv``: one row per sampled step and rank. ``tensorboard`` (the
+optional extra, never a default) writes one event file per run instead, never a comparison:
+into each run's own directory, or ``<out_dir>/<run id>/`` (tensorboard.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from lsml_tui.trainer.store import json_safe, write_atomic
 
 from .data import SCHEMA_VERSION, RunData, load_run, summarize
 
-FORMATS = ("html", "md", "json", "csv")
+FORMATS = ("html", "md", "json", "csv", "tensorboard")
+DEFAULT_FORMATS = ("html", "md", "json", "csv")    # tensorboard needs lsml-tui[tensorboard]
 STEP_COLUMNS = ("step", "time", "loss", "lr", "grad_norm", "grad_norm_clipped", "clipped",
                 "examples_per_second")
 RANK_COLUMNS = ("step", "rank", "compute_s", "comm_s", "wait_s", "step_s", "payload_bytes")
@@ -61,15 +64,24 @@ def default_out(run_dirs: list[Path]) -> Path:
     return run_dirs[0] if len(run_dirs) == 1 else run_dirs[0].parent
 
 
-def write_reports(run_dirs, formats=FORMATS, out_dir=None) -> list[Path]:
+def write_reports(run_dirs, formats=DEFAULT_FORMATS, out_dir=None) -> list[Path]:
     """Write each format for these runs; return the paths written."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:                         # refused before anything is written
+        raise ValueError(f"unknown report format {unknown[0]!r}; allowed: {', '.join(FORMATS)}")
     dirs = [Path(d) for d in run_dirs]
+    written = []
+    if "tensorboard" in formats:        # streams each store itself: no run loaded for it
+        from .tensorboard import write_tensorboard
+        written += [write_tensorboard(d, out_dir) for d in dirs]
+    formats = [f for f in formats if f != "tensorboard"]
+    if not formats:
+        return written
     runs = [load_run(d) for d in dirs]
     reports = [json_safe(summarize(r)) for r in runs]
     out = Path(out_dir) if out_dir is not None else default_out(dirs)
     out.mkdir(parents=True, exist_ok=True)
     stem = "report" if len(runs) == 1 else f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    written = []
     for fmt in formats:
         if fmt == "html":
             from .html import render          # matplotlib: imported only when drawing
@@ -79,10 +91,8 @@ def write_reports(run_dirs, formats=FORMATS, out_dir=None) -> list[Path]:
             text = render_md(reports)
         elif fmt == "json":
             text = to_json(reports)
-        elif fmt == "csv":
-            text = to_csv(runs)
         else:
-            raise ValueError(f"unknown report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+            text = to_csv(runs)
         path = out / f"{stem}.{fmt}"
         write_atomic(path, text)
         written.append(path)
