@@ -63,7 +63,8 @@ METRICS = {"INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?)": "steps",
            "INSERT INTO samples (step, time, kind, payload) VALUES (?,?,?,?)": "samples",
            "INSERT OR REPLACE INTO val VALUES (?,?,?)": "val"}
 SQL = {table: sql for sql, table in METRICS.items()}
-LIVE, FINAL = ("running",), ("finished", "diverged", "failed", "interrupted", "killed")
+LIVE, FINAL = ("running",), ("finished", "diverged", "failed", "interrupted", "killed",
+                              "pruned")     # pruned: lsml-tui sweep stopped it early
 DB_NAME, CONFIG_NAME = "run.sqlite", "config.toml"
 
 

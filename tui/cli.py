@@ -7,6 +7,7 @@ value and what is allowed, exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from lsml_tui.tui import history
@@ -15,6 +16,7 @@ from lsml_tui.trainer.config import (FIELDS, ConfigError, RunConfig, check_runs_
                                      load_toml, parse_value, resolve, to_toml)
 
 PROG = "lsml-tui"
+TOOLS = {"sweep": "lsml_tui.tui.sweep"}  # main(argv, prog, make)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,16 +27,25 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Watch a neural network train and see what it costs. "
-                "Also: lsml-tui report RUN_DIR..., lsml-tui runs, lsml-tui open RUN_DIR "
-                "(each with --help).", argument_default=argparse.SUPPRESS)
+                "Also: lsml-tui report RUN_DIR..., lsml-tui runs, lsml-tui open RUN_DIR, "
+                "lsml-tui sweep (each with --help).",
+                argument_default=argparse.SUPPRESS)
     p.add_argument("--headless", action="store_true", help="train without the dashboard, "
                    "with a progress bar on stderr")
     p.add_argument("--json", action="store_true", help="with --headless: print a JSON summary "
                    "on stdout at the end")
-    p.add_argument("--config", metavar="TOML", help="read options from a TOML file (flags override)")
     p.add_argument("--print-config", action="store_true", help="print the effective config as "
                    "TOML and exit")
     p.add_argument("--no-progress", action="store_true", help="with --headless: no progress bar")
+    return add_run_flags(p)
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--config and one flag per RunConfig field (lr-find and sweep take them too). The parser
+    must be made with ``argument_default=argparse.SUPPRESS``: ``config_from_args`` reads a
+    flag left out as absent, so the TOML file and the defaults show through."""
+    p.add_argument("--config", metavar="TOML", help="read options from a TOML file "
+                   "(flags override)")
     for name, f in FIELDS.items():
         flags = [flag(name), *f.metadata.get("aliases", ())]
         if f.metadata["kind"] == "bool":
@@ -48,14 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """defaults < --config file < flags; then validate and fill every default."""
+def values_from_args(args: argparse.Namespace) -> dict:
+    """The run-config values the flags and the --config file give (flags win), no default
+    filled: a sweep lays each trial's values over them before ``resolve``."""
     values = load_toml(args.config) if "config" in args else {}
     for name, f in FIELDS.items():
         if name in args:
             raw = getattr(args, name)
             values[name] = raw if f.metadata["kind"] == "bool" else parse_value(name, raw)
-    if "headless" not in args:
+    return values
+
+
+def config_from_args(args: argparse.Namespace, watched: bool | None = None) -> RunConfig:
+    """defaults < --config file < flags; then validate and fill every default. A run someone
+    watches (the dashboard; by default, any run without --headless) pauses on divergence."""
+    values = values_from_args(args)
+    if ("headless" not in args) if watched is None else watched:
         values.setdefault("on_diverge", "pause")    # a person is watching: let them fix it
     return resolve(RunConfig(**values))
 
@@ -82,6 +101,13 @@ def run_dashboard(cfg: RunConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:               # lsml-tui lr-find ..., lsml-tui sweep ...
+        module = importlib.import_module(TOOLS[argv[0]])
+        try:
+            return module.main(argv[1:], f"{PROG} {argv[0]}", _Parser)
+        except ConfigError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 2
     if argv and argv[0] in SUBCOMMANDS:
         try:
             return history.main(argv, PROG, _Parser)

@@ -1,0 +1,318 @@
+"""Hyperparameter sweeps on Optuna: the search space, the objective, the worker processes.
+
+A trial is an ordinary run in the run store (``runs/<id>-t<trial>/``), trained in this
+process or in one of ``--jobs`` spawned workers. The study lives in an Optuna journal
+file beside the runs (``runs/sweep-<study>/journal.log``): several processes share it
+through its file lock (Optuna advises against SQLite for parallel optimization), a sweep
+started again with the same flags continues it, and ``optuna.load_study`` reads it.
+The space and its checks are sweep_space.py. No torch here until a trial trains.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from .config import ConfigError, RunConfig
+from .sweep_space import Param, show, trial_config
+
+SAMPLERS = ("tpe", "random", "grid")
+METRICS = ("val_loss", "min_val_loss")  # minimized: the last validation loss, or the lowest
+
+
+# -- the study ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Everything a sweep process needs (picklable: it goes to the spawned workers)."""
+    base: dict                  # run-config values from the flags and --config, no defaults
+    space: tuple[Param, ...]
+    study: str
+    storage: str                # the journal file
+    sampler: str = "tpe"
+    metric: str = "val_loss"
+    prune: bool = True
+    prune_startup: int = 5      # completed trials before the median pruner acts
+    prune_warmup: int = 0       # steps of each trial before it can be pruned
+    seed: int = 0
+
+
+def storage(path: str | os.PathLike):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def sampler(sweep: Sweep, seed: int):
+    if sweep.sampler == "grid":     # every process must shuffle the grid alike: grid ids index it
+        return optuna.samplers.GridSampler({p.name: list(p.choices) for p in sweep.space}, seed=0)
+    if sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():     # experimental before Optuna 5, its default since
+        warnings.simplefilter("ignore")
+        # several workers: a running trial counts as a bad one, so they spread out
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def pruner(sweep: Sweep):
+    if not sweep.prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=sweep.prune_startup,
+                                       n_warmup_steps=sweep.prune_warmup)
+
+
+def load(sweep: Sweep, seed: int = 0):
+    return optuna.load_study(study_name=sweep.study, storage=storage(sweep.storage),
+                             sampler=sampler(sweep, seed), pruner=pruner(sweep))
+
+
+def process_seed(sweep: Sweep, done: int, index: int) -> int:
+    """Reproducible for a new sweep, different for each worker and for a resumed sweep
+    (the same seed would draw the first trials' points again)."""
+    import numpy as np
+    return int(np.random.SeedSequence([sweep.seed, done, index]).generate_state(1)[0])
+
+
+# -- running trials ---------------------------------------------------------
+
+
+class Interrupt:
+    """SIGINT or SIGTERM in a sweep process: a run in training stops between two steps (the
+    trainer records it as interrupted, the trial fails); between trials, none starts."""
+    requested = False
+    training = False
+
+    @classmethod
+    def on_signal(cls, signum, frame) -> None:
+        first = not cls.requested
+        cls.requested = True
+        if first and cls.training:
+            raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls) -> dict:
+        cls.requested = cls.training = False
+        return {s: signal.signal(s, cls.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def run(sweep: Sweep, trials: int, jobs: int = 1, threads: int | None = None) -> None:
+    """Run `trials` more trials of the (existing) study on `jobs` processes, each with
+    `threads` torch threads; raise KeyboardInterrupt if a signal stopped them."""
+    shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]
+    if jobs == 1:
+        previous = Interrupt.install()
+        try:
+            optimize(sweep, trials, 0, threads)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=worker, args=(sweep, share, i, threads), name=f"sweep-{i}")
+             for i, share in enumerate(shares) if share]
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:           # Ctrl-C reached the workers too; SIGTERM did not
+        for p in procs:
+            if p.is_alive():
+                p.terminate()           # SIGTERM: the run in training stops, recorded
+        raise
+    finally:
+        _reap(procs)
+        signal.signal(signal.SIGTERM, previous)
+    failed = [p for p in procs if p.exitcode]
+    if any(p.exitcode == 130 for p in failed):
+        raise KeyboardInterrupt
+    if failed:
+        raise WorkerFailed(f"sweep worker {failed[0].name} ended with status "
+                           f"{failed[0].exitcode}; its trial may stay RUNNING in the study")
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process died (killed, out of memory): the other trials are recorded."""
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _reap(procs) -> None:
+    """However the sweep ended, no worker outlives it: each gets 30 s to record its run,
+    then is killed (at once on a second Ctrl-C)."""
+    try:
+        for p in procs:
+            p.join(timeout=30)
+    except KeyboardInterrupt:
+        pass
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join()
+
+
+def worker(sweep: Sweep, trials: int, index: int, threads: int | None) -> None:
+    """A spawned sweep process: its share of the trials; exit status 130 if interrupted."""
+    Interrupt.install()
+    _follow_parent(os.getppid())
+    try:
+        optimize(sweep, trials, index, threads)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _follow_parent(parent: int) -> None:
+    """A worker whose sweep process died (SIGKILL) stops as if told to: its run is recorded
+    as interrupted, and it exits."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="sweep-parent", daemon=True).start()
+
+
+def optimize(sweep: Sweep, trials: int, index: int, threads: int | None) -> None:
+    """This process's share of the trials, on the shared study."""
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial says its own line
+    done = len(optuna.load_study(study_name=sweep.study, storage=storage(sweep.storage)).trials)
+    study = load(sweep, process_seed(sweep, done, index))
+
+    def after(study, trial) -> None:
+        print(describe(trial, sweep.metric), file=sys.stderr, flush=True)
+        if Interrupt.requested:
+            study.stop()
+    study.optimize(lambda trial: objective(sweep, trial), n_trials=trials,
+                   catch=(TrialFailed,), callbacks=[after], gc_after_trial=False)
+
+
+class TrialFailed(Exception):
+    """A trial whose run failed or whose point makes a bad config: the sweep goes on."""
+
+
+def describe(trial, metric: str) -> str:
+    """One line per trial: its number, how it ended, its point, its score and its run."""
+    point = " ".join(f"{k}={show(v)}" for k, v in trial.params.items())
+    attrs = trial.user_attrs
+    state = trial.state.name.lower()
+    if state == "complete":
+        state = attrs.get("status", "finished")
+        if trial.value is not None and math.isfinite(trial.value):
+            state += f", {metric} {trial.value:.4g}"
+    elif state == "pruned":
+        state += f" after step {attrs.get('steps', '?')}"
+    elif state == "fail":
+        state = f"failed: {attrs.get('error', 'see its run')}"
+    run = f"; run {attrs['run_dir']}" if "run_dir" in attrs else ""
+    return f"trial {trial.number} {state}: {point}{run}"
+
+
+class PruneWatch:
+    """A trial's event sink: each validation loss goes to the trial and, when the median
+    pruner says so, the trainer is told to stop (a command, applied before the next step)."""
+
+    def __init__(self, trial, steps: int, prune: bool):
+        self.trial, self.steps, self.prune = trial, steps, prune
+        self.trainer = None
+        self.val_losses: list[float] = []
+        self.pruned = False
+
+    def __call__(self, batch: tuple) -> None:
+        from .commands import Stop
+        from .events import ValMetrics
+        for event in batch:
+            if not isinstance(event, ValMetrics) or self.pruned:
+                continue
+            self.val_losses.append(event.val_loss)
+            self.trial.report(event.val_loss, event.step)
+            last = event.step + 1 >= self.steps         # the run is over: nothing to save
+            if self.prune and not last and self.trial.should_prune():
+                self.pruned = True
+                self.trainer.submit(Stop())
+
+
+def objective(sweep: Sweep, trial) -> float:
+    """Train one point of the space as an ordinary stored run; return its score (inf for a
+    run that diverged: the worst, so the sampler learns to keep away)."""
+    point = {p.name: p.suggest(trial) for p in sweep.space}
+    if Interrupt.requested:             # a signal between two trials: this one never starts
+        trial.set_user_attr("status", "interrupted")
+        raise KeyboardInterrupt
+    try:
+        cfg = trial_config(sweep.base, point)   # a range's inside can still be refused
+    except ConfigError as e:
+        trial.set_user_attr("error", str(e))
+        raise TrialFailed(str(e)) from None
+    status, summary, val_losses = train(sweep, trial, cfg)
+    if status == "pruned":
+        raise optuna.TrialPruned(f"pruned after step {summary['steps']}")
+    if status == "interrupted":
+        print(f"trial {trial.number} interrupted after step {summary['steps']}; run "
+              f"{trial.user_attrs['run_dir']}", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+    if status == "diverged":
+        return math.inf
+    if status != "finished":
+        trial.set_user_attr("error", summary.get("error") or status)
+        raise TrialFailed(summary.get("error") or status)
+    finite = [v for v in val_losses if math.isfinite(v)]
+    value = summary["final_val_loss"] if sweep.metric == "val_loss" else min(finite, default=None)
+    return math.inf if value is None or not math.isfinite(value) else value
+
+
+def train(sweep: Sweep, trial, cfg: RunConfig) -> tuple[str, dict, list[float]]:
+    """The trial's run, stored like any headless run, with the study and trial in its
+    summary; return its status (``pruned`` when the pruner stopped it), its summary and its
+    validation losses. A signal before training starts records it as interrupted."""
+    from .config import to_toml
+    from .loop import Trainer
+    from .store import RunStore, new_run_id
+    run_dir = Path(cfg.runs_dir) / f"{new_run_id(cfg.model)}-t{trial.number}"
+    trial.set_user_attr("run_id", run_dir.name)
+    trial.set_user_attr("run_dir", str(run_dir))
+    where = {"study": sweep.study, "trial": trial.number, "storage": sweep.storage}
+    store = RunStore.create(cfg.runs_dir, cfg.to_dict(), to_toml(cfg), run_dir=run_dir)
+    watch = PruneWatch(trial, cfg.steps, sweep.prune)
+    summary = {"status": "interrupted", "steps": 0, "sweep": where}
+    try:
+        try:
+            # every event batch at once: the pruner sees a validation loss at its own step
+            watch.trainer = Trainer(cfg, sink=watch, store=store, event_rate=math.inf)
+        except Exception as e:
+            summary = {**summary, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+        else:
+            if not Interrupt.requested:     # (a signal while the model was being built)
+                Interrupt.training = True
+                try:
+                    summary = {**watch.trainer.run(), "sweep": where}
+                    if watch.trainer.error:     # what failed the run, in one line
+                        summary["error"] = watch.trainer.error
+                except KeyboardInterrupt:   # before the trainer's own handler was in place
+                    pass
+                finally:
+                    Interrupt.training = False
+        status = summary["status"]
+        if watch.pruned and status == "interrupted":
+            status = summary["status"] = "pruned"
+        store.set_status(status, summary)
+    finally:
+        store.close()
+    trial.set_user_attr("status", status)
+    trial.set_user_attr("steps", summary["steps"])
+    return status, summary, watch.val_losses
