@@ -145,5 +145,7 @@ class Controls:
         self.optimizer_name, self.base_lr, self.weight_decay, self.hparams = new, lr, wd, hparams
         self._make_svrg()
         state = f"carried {', '.join(carried)} from {old}" if carried else "state starts fresh"
+        if old in specs.SCHEDULE_FREE:          # switch_optimizer went to its average first
+            state += f"; the weights go on from {old}'s average x"
         return (f"optimizer {old} -> {new} (lr {lr:g}); {state}",
                 {"optimizer": new, "previous": old, "lr": lr, "carried": list(carried)})

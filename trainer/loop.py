@@ -26,7 +26,7 @@ from .events import (ClipEvent, Coalescer, RecordingProblem, RunFailed,
                      ValMetrics)
 from .faults import FaultPolicy
 from .models import build_model, num_params
-from .optim import build_optimizer, lr_factor
+from .optim import build_optimizer, evaluating, lr_factor
 from .precision import Precision
 from .profiling import NULL_PROBE, Profiler
 from .recovery import Snapshot, is_out_of_memory
@@ -355,7 +355,8 @@ class Trainer(Controls, FaultPolicy):
 
     def _validate(self) -> None:
         step = self.step - 1
-        self.last_val_loss = self._val_loss(self.model)
+        with evaluating(self.optimizer):        # schedule-free: at its average x, not at y
+            self.last_val_loss = self._val_loss(self.model)
         if self.average is not None:                        # the averaged weights, alike
             self.last_val_loss_averaged = self._val_loss(self.average.model)
             self._emit_sample(AveragedVal(step, self.last_val_loss_averaged))

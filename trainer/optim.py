@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -93,8 +94,31 @@ def _build(name: str, groups: list[dict], lr: float, hp: dict, **fused):
         "adamax": lambda: o.Adamax(groups, lr=lr, betas=betas),
         "adafactor": lambda: o.Adafactor(groups, lr=lr),
         "svrg": lambda: o.SGD(groups, lr=lr),               # on SVRG's gradient (svrg.py)
+        "adamw-sf": lambda: _schedule_free(groups, lr, betas),
     }
     return make[name]()
+
+
+def _schedule_free(groups: list[dict], lr: float, betas: tuple[float, float]):
+    """Schedule-free AdamW, put in train mode: its step refuses to run in eval mode."""
+    from schedulefree import AdamWScheduleFree
+    opt = AdamWScheduleFree(groups, lr=lr, betas=betas)
+    opt.train()
+    return opt
+
+
+@contextlib.contextmanager
+def evaluating(opt):
+    """The weights to evaluate: a schedule-free optimizer's x (its average) inside the block,
+    back to the training point y after it; any other optimizer's weights as they are."""
+    if not hasattr(opt, "eval"):
+        yield
+        return
+    opt.eval()
+    try:
+        yield
+    finally:
+        opt.train()
 
 
 def parts(opt) -> list:
@@ -114,6 +138,8 @@ def switch_optimizer(old, old_name: str, new_name: str, model: nn.Module, lr: fl
 
     Returns the optimizer and the carried keys (empty when its state starts fresh).
     """
+    if hasattr(old, "eval"):            # schedule-free: go on from its average x, the point
+        old.eval()                      # it evaluates (its training point y is not the model)
     new = build_optimizer(new_name, model, lr, weight_decay, hp)
     a, b = specs.OPTIMIZERS[old_name], specs.OPTIMIZERS[new_name]
     if not a.family or a.family != b.family:

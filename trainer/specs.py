@@ -160,6 +160,11 @@ OPTIMIZERS = {
                           defaults={"momentum": 0.95}),
     # SGD on a variance-reduced gradient (trainer/svrg.py); a snapshot every svrg_every steps
     "svrg": OptimizerSpec(lr=0.05, hparams=("svrg_every",), defaults={"svrg_every": 100}),
+    # Schedule-free AdamW (Defazio et al. 2024, the schedulefree package): trains at y, an
+    # interpolation of its SGD-like sequence z and their running average x; evaluates at x
+    "adamw-sf": OptimizerSpec(lr=2.5e-3, hparams=("beta1", "beta2"), weight_decay=0.01,
+                              defaults={"beta1": 0.9, "beta2": 0.999}),
 }
+SCHEDULE_FREE = ("adamw-sf",)   # optimizers with a train/eval switch of the weights
 
 SCHEDULES = ("constant", "warmup-cosine", "step", "inverse-time")
