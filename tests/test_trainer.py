@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lsml_tui.trainer import commands as C
+from lsml_tui.trainer import specs
 from lsml_tui.trainer.config import RunConfig, resolve, to_toml
 from lsml_tui.trainer.events import (CommandApplied, CommandRefused, Diverged, RunFinished,
                                      StepMetrics)
@@ -211,3 +212,14 @@ def test_non_finite_loss_stops_as_diverged_and_keeps_the_last_finite_step(tmp_pa
     assert info.status == "diverged"
     assert steps["step"][-1] == diverged.step - 1
     assert all(map(torch.isfinite, torch.tensor(steps["loss"])))
+
+
+@pytest.mark.parametrize("name", list(specs.OPTIMIZERS))
+def test_every_optimizer_trains_and_rewinds_to_its_snapshot(tmp_path, name):
+    """The real loop with each optimizer: snapshots every 10 steps (its state_dict), a rewind
+    at step 25 back to step 20's weights and optimizer state, and the run finishes."""
+    cfg = quick(tmp_path, optimizer=name, steps=30, snapshot_every=10)
+    trainer, rec, _ = run_with(cfg, [(25, C.Rewind())], store=False)
+    applied, = [e for e in rec.of(CommandApplied) if e.command == "rewind"]
+    assert "rewound weights to step 20; optimizer state restored" in applied.detail
+    assert trainer.status == "finished" and trainer.step == 30

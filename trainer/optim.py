@@ -48,6 +48,13 @@ class MuonAdamW:
     def state(self) -> dict:
         return {p: s for opt in self.optimizers for p, s in opt.state.items()}
 
+    def state_dict(self) -> list[dict]:
+        return [opt.state_dict() for opt in self.optimizers]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for opt, state in zip(self.optimizers, states, strict=True):
+            opt.load_state_dict(state)
+
     def step(self) -> None:
         for opt in self.optimizers:
             opt.step()

@@ -13,6 +13,7 @@ import copy
 import torch
 
 from .config import ConfigError
+from .optim import parts
 
 
 class Snapshot:
@@ -33,7 +34,8 @@ class Snapshot:
         if same:
             trainer.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
         else:                                   # another optimizer's state means nothing here
-            trainer.optimizer.state.clear()
+            for sub in parts(trainer.optimizer):
+                sub.state.clear()
         state = "optimizer state restored" if same else \
             f"{trainer.optimizer_name} state starts fresh (the snapshot was {self.optimizer_name})"
         return (f"rewound weights to step {self.step}; {state}",
