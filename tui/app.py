@@ -61,6 +61,8 @@ class LsmlApp(App):
                 tooltip="Rewind to the last good weights and optimizer state"),
         Binding("t", "trace", "trace", tooltip="Capture a torch.profiler trace of 5 steps"),
         Binding("e", "export", "export", tooltip="Write HTML, Markdown, JSON and CSV reports"),
+        Binding("f", "lr_find", "lr find", show=False, tooltip="Learning-rate range test on a "
+                "fresh copy of the model (the run pauses); offers to set the lr"),
         Binding("m", "pick_model", "model", tooltip="Restart with another model"),
         Binding("r", "restart", "restart", show=False, tooltip="Restart the trainer"),
         Binding("g", "toggle_log", "log y", show=False, tooltip="Loss on a log scale"),
@@ -255,6 +257,16 @@ class LsmlApp(App):
     @trains
     def action_trace(self) -> None:
         self.send(C.CaptureTrace(steps=5))
+
+    @trains
+    def action_lr_find(self) -> None:
+        """The learning-rate range test in a child process, then its suggestion offered
+        (lrfind_screen.py); a worker, so the dashboard stays live meanwhile."""
+        if any(w.group == "lr-find" and w.is_running for w in self.workers):
+            self.notify("the lr range test is already running")
+            return
+        from .lrfind_screen import find_and_offer
+        self.run_worker(find_and_offer(self), group="lr-find", exit_on_error=False)
 
     async def action_export(self) -> None:
         """Write every report format for this run into its run directory, off the UI thread."""

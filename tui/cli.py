@@ -16,7 +16,7 @@ from lsml_tui.trainer.config import (FIELDS, ConfigError, RunConfig, check_runs_
                                      load_toml, parse_value, resolve, to_toml)
 
 PROG = "lsml-tui"
-TOOLS = {"sweep": "lsml_tui.tui.sweep"}  # main(argv, prog, make)
+TOOLS = {"lr-find": "lsml_tui.tui.lrfind", "sweep": "lsml_tui.tui.sweep"}  # main(argv, prog, make)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Watch a neural network train and see what it costs. "
                 "Also: lsml-tui report RUN_DIR..., lsml-tui runs, lsml-tui open RUN_DIR, "
-                "lsml-tui sweep (each with --help).",
+                "lsml-tui lr-find, lsml-tui sweep (each with --help).",
                 argument_default=argparse.SUPPRESS)
     p.add_argument("--headless", action="store_true", help="train without the dashboard, "
                    "with a progress bar on stderr")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Markdown, OptionList
 
@@ -68,6 +68,7 @@ trainer between two steps; the loss panel marks the step where it took effect.
 | `w` | rewind to the last good weights and optimizer state (after a divergence) |
 | `t` | capture a torch.profiler trace of the next 5 steps |
 | `e` | export reports (HTML, Markdown, JSON, CSV) into the run directory |
+| `f` | learning-rate range test on a fresh copy of the model (the run pauses meanwhile); `enter` sets the suggested lr, `escape` keeps yours |
 | `m` | restart with another model |
 | `r` | restart the trainer after a crash or the end of a run |
 | `g` | loss panel: log scale on/off |
@@ -83,5 +84,5 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "dismiss(None)", "close")]
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog help"):
+        with VerticalScroll(classes="dialog help"):     # taller than a small terminal
             yield Markdown(HELP)

@@ -1,0 +1,141 @@
+"""The dashboard's learning-rate range test (``f``): ``lsml-tui lr-find --json`` on a fresh
+copy of the model in a child process, the run paused meanwhile, then a modal with the
+curve and the suggestion that sets the lr as ``l`` does.
+
+The child is a separate interpreter (torch stays out of the UI process); it is killed
+if the dashboard quits while it runs, and it ends itself if the dashboard dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Label, Static
+from textual_plotext import PlotextPlot
+
+from lsml_tui.trainer import commands as C
+from lsml_tui.trainer.config import ConfigError, RunConfig, check_lr, resolve, to_toml
+from lsml_tui.trainer.lr_find import RangeTest
+
+from .lrfind import draw, summary_line
+from .panels import EventsPanel, StatusLine
+
+OPTIMIZER_FIELDS = ("lr", "weight_decay", "momentum", "beta1", "beta2", "svrg_every")
+
+
+class LrFindFailed(Exception):
+    """The range test could not run: the child's last line of stderr."""
+
+
+def config_now(cfg: RunConfig, optimizer: str, norm: str) -> RunConfig:
+    """The run's config with the optimizer and norm in use now (they may have been switched
+    live), so the suggestion is for what trains; the model starts from the run's seed."""
+    values = cfg.to_dict()
+    if optimizer != cfg.optimizer:              # its own defaults, as a live switch takes them
+        values.update({k: None for k in OPTIMIZER_FIELDS}, optimizer=optimizer)
+    values["norm"] = norm
+    return resolve(RunConfig(**values))
+
+
+def result_from_json(data: dict) -> RangeTest:
+    names = {f.name for f in dataclasses.fields(RangeTest)}
+    return RangeTest(**{k: v for k, v in data.items() if k in names})
+
+
+async def run_lr_find(cfg: RunConfig) -> tuple[RangeTest, str]:
+    """(the test's result, its report directory), from a child process read on a thread;
+    cancelled (the dashboard is quitting), the child is killed and reaped first."""
+    with tempfile.TemporaryDirectory(prefix="lsml-lr-find-") as tmp:
+        config = Path(tmp) / "config.toml"
+        config.write_text(to_toml(cfg))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lsml_tui.tui.cli", "lr-find", "--json", "--no-progress",
+             "--parent-pid", str(os.getpid()), "--config", str(config)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = await asyncio.to_thread(proc.communicate)
+        except BaseException:
+            proc.kill()         # SIGKILL: gone at once, so waiting for it here is short
+            proc.wait()
+            raise
+    if proc.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines() or [
+            f"exit status {proc.returncode}"]
+        raise LrFindFailed(lines[-1])
+    data = json.loads(out.decode().strip().splitlines()[-1])
+    return result_from_json(data), data["report_dir"]
+
+
+async def find_and_offer(app) -> None:
+    """The ``f`` key's work, as a worker of `app`: pause, test, offer, resume."""
+    status, log = app.query_one(StatusLine).state, app.query_one(EventsPanel)
+    try:
+        cfg = config_now(app.cfg, status["optimizer"], status["norm"])
+    except ConfigError as e:
+        app.notify(f"lr range test refused: {e}", severity="error")
+        return
+    live = (app.bridge is not None and app.bridge.process.is_alive() and app.final is None)
+    paused_here = live and not app.status.endswith("paused")
+    if paused_here:
+        app.send(C.Pause())
+    log.say(f"lr range test on a fresh {cfg.model} ({cfg.optimizer}, norm {cfg.norm}) …"
+            + ("; the run is paused meanwhile" if paused_here else ""), "cyan")
+    app.notify("lr range test running" + (" (run paused)" if paused_here else ""))
+    try:
+        result, report = await run_lr_find(cfg)
+    except (LrFindFailed, OSError, ValueError) as e:
+        log.say(f"lr range test failed: {e}", "bold red")
+        app.notify(f"lr range test failed: {e}", severity="error")
+        result = None
+    if result is not None:
+        log.say(f"lr range test: {summary_line(result)}; report in {report}", "cyan")
+        accept = await app.push_screen_wait(LrFindScreen(result, status["lr"], report))
+        if accept and result.suggested_lr is not None:
+            try:                                # as the l key sets it
+                check_lr(result.suggested_lr)
+                app.send(C.SetLR(result.suggested_lr))
+            except ConfigError as e:
+                app.notify(str(e), severity="error")
+    if paused_here and app.final is None:
+        app.send(C.Resume())
+
+
+class LrFindScreen(ModalScreen[bool]):
+    """The range test's curve and suggestion; enter or y sets the lr, escape or n keeps it."""
+
+    BINDINGS = [Binding("enter,y", "accept", "set lr"),
+                Binding("escape,n", "dismiss(False)", "keep lr")]
+
+    def __init__(self, result: RangeTest, current_lr: float, report: str = ""):
+        super().__init__()
+        self.result, self.current_lr, self.report = result, current_lr, report
+
+    def compose(self) -> ComposeResult:
+        r = self.result
+        with Vertical(classes="dialog lrfind"):
+            yield Label(f"Learning-rate range test: {r.model}, {r.optimizer}, norm {r.norm}")
+            yield PlotextPlot(id="lrfind-plot")
+            yield Static(summary_line(r) + (f"\nreport: {self.report}" if self.report else ""),
+                         id="lrfind-text")
+            yield Label(f"enter / y: set lr {r.suggested_lr:.3g} (now {self.current_lr:.3g})   "
+                        f"escape / n: keep it" if r.suggested_lr is not None
+                        else "no suggestion; escape: close", id="lrfind-keys")
+
+    def on_mount(self) -> None:
+        plot = self.query_one(PlotextPlot)
+        draw(plot.plt, self.result)
+        plot.refresh()
+
+    def action_accept(self) -> None:
+        self.dismiss(self.result.suggested_lr is not None)
