@@ -94,10 +94,14 @@ def measure_cpu_peak(n: int = 512, seconds: float = 0.3, dtype: torch.dtype = to
     return best
 
 
-def cpu_peak(mode: str = "fp32", cache: Path | None = None) -> float:
+def cpu_peak(mode: str = "fp32", cache: Path | None = None, at_least: float = 0.0) -> float:
     """This CPU's measured peak in `mode`, cached per CPU, thread count, torch version and mode.
 
     bf16/fp16 time a matmul in that dtype (CPU autocast runs matmuls in bf16); tf32 is fp32 on a CPU.
+    A measurement taken while the machine was busy reads low, and a cached figure would stay
+    low: a caller that has seen this CPU achieve more (`at_least`: FLOP/s above the cached
+    peak, an MFU over 100%) has it measured again, and the cache keeps the largest of the
+    old figure, the new one and `at_least`.
     """
     if mode not in MODES:
         raise ValueError(f"unknown math mode {mode!r}; expected one of {MODES}")
@@ -109,9 +113,9 @@ def cpu_peak(mode: str = "fp32", cache: Path | None = None) -> float:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    if key in known:
+    if key in known and known[key] >= at_least:
         return float(known[key])
-    peak = measure_cpu_peak(dtype=_CPU_DTYPES[mode])
+    peak = max(measure_cpu_peak(dtype=_CPU_DTYPES[mode]), at_least, known.get(key, 0.0))
     known[key] = peak
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,35 @@ def test_cpu_peak_is_measured_once_per_mode_and_cached(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".*.tmp"))                # written via a temp name + os.replace
 
 
+def test_a_cpu_peak_below_what_was_achieved_is_measured_again_and_raised(tmp_path, monkeypatch):
+    """A peak cached from a busy machine reads low; achieving more than it re-measures, and
+    the cache keeps the largest of the old figure, the new one and the achieved FLOP/s."""
+    readings = iter([2.0e10, 3.0e10, 9.0e10])            # busy, still busy, then idle
+    monkeypatch.setattr(peaks, "measure_cpu_peak", lambda **kw: next(readings))
+    cache = tmp_path / "peak.json"
+    assert peaks.cpu_peak("fp32", cache) == 2.0e10          # the low first measurement
+    assert peaks.cpu_peak("fp32", cache, at_least=1.5e10) == 2.0e10   # no reason to re-measure
+    # achieved 5e10 > 2e10: measured again (3e10, still low): max(2e10, 3e10, 5e10) = 5e10
+    assert peaks.cpu_peak("fp32", cache, at_least=5.0e10) == 5.0e10
+    assert peaks.cpu_peak("fp32", cache) == 5.0e10          # kept
+    assert peaks.cpu_peak("fp32", cache, at_least=6.0e10) == 9.0e10   # an idle machine's
+    assert list(json.loads(cache.read_text()).values()) == [9.0e10]
+
+
+def test_an_mfu_over_100_percent_re_measures_the_peak(monkeypatch):
+    from types import SimpleNamespace
+
+    from lsml_tui.trainer import profiling
+    calls = []
+    monkeypatch.setattr(profiling, "peak_flops", lambda device, mode: 1.0e9)   # read low
+    monkeypatch.setattr(profiling, "cpu_peak", lambda mode, at_least: calls.append(at_least)
+                        or 4.0e9)
+    p = profiling.Profiler(lambda: None, torch.device("cpu"), True, 10)
+    p.flops, p.step_seconds = SimpleNamespace(total=2.0e9), 1.0   # achieved 2e9 FLOP/s
+    assert p.mfu() == 2.0e9 / 4.0e9 and calls == [2.0e9]          # 2e9 > 1e9: measured again
+    assert p.mfu() == 0.5 and calls == [2.0e9]                    # below the new peak: not again
+
+
 def test_measure_cpu_peak_in_bf16_is_positive_and_quick():
     t0 = time.perf_counter()
     peak = peaks.measure_cpu_peak(n=64, seconds=0.02, dtype=torch.bfloat16)

@@ -17,7 +17,7 @@ import torch
 from lsml_tui.profilers import gradients
 from lsml_tui.profilers.flops import FlopMeter
 from lsml_tui.profilers.memory import SavedActivationMeter, memory_breakdown
-from lsml_tui.profilers.peaks import peak_flops
+from lsml_tui.profilers.peaks import cpu_peak, peak_flops
 from lsml_tui.profilers.timing import PhaseTimer
 
 from .events import FlopTable, LayerStats, MemorySample, TimingSample
@@ -164,6 +164,8 @@ class Profiler:
 
     def mfu(self) -> float | None:
         achieved = self.flops_per_second()
+        if achieved and self.peak and achieved > self.peak and self.device.type == "cpu":
+            self.peak = cpu_peak(self.mode, at_least=achieved)  # a peak measured under load
         return achieved / self.peak if achieved and self.peak else None
 
     def summary(self) -> dict:
