@@ -14,8 +14,6 @@ import math
 import os
 import signal
 import sys
-import threading
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import optuna
 
 from .config import ConfigError, RunConfig
 from .sweep_space import Param, show, trial_config
+from .worker import on_parent_exit
 
 SAMPLERS = ("tpe", "random", "grid")
 METRICS = ("val_loss", "min_val_loss")  # minimized: the last validation loss, or the lowest
@@ -168,21 +167,12 @@ def _reap(procs) -> None:
 def worker(sweep: Sweep, trials: int, index: int, threads: int | None) -> None:
     """A spawned sweep process: its share of the trials; exit status 130 if interrupted."""
     Interrupt.install()
-    _follow_parent(os.getppid())
+    # the sweep process died (SIGKILL): stop as if told to (the run recorded, interrupted)
+    on_parent_exit(lambda: os.kill(os.getpid(), signal.SIGTERM), interval=1.0)
     try:
         optimize(sweep, trials, index, threads)
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-def _follow_parent(parent: int) -> None:
-    """A worker whose sweep process died (SIGKILL) stops as if told to: its run is recorded
-    as interrupted, and it exits."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=watch, name="sweep-parent", daemon=True).start()
 
 
 def optimize(sweep: Sweep, trials: int, index: int, threads: int | None) -> None:

@@ -13,6 +13,19 @@ import time
 import traceback
 
 
+def on_parent_exit(action, parent: int | None = None, interval: float = 0.5) -> None:
+    """Call `action` on a daemon thread once this process's parent (`parent`, by default the
+    one it has now) is gone, even killed outright: we are then handed to another parent.
+    How a child of the dashboard or of a sweep leaves no orphan."""
+    parent = os.getppid() if parent is None else parent
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        action()
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
 def _redirect_output(path) -> None:
     """Point this process's stdout and stderr (file descriptors 1 and 2) at `path`."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -56,17 +69,15 @@ def worker_main(config: dict, config_toml: str, commands, events) -> None:
         while (cmd := commands.get()) is not None:
             trainer.submit(cmd)
 
-    def watch_parent(parent: int = os.getppid()) -> None:
+    def orphaned() -> None:
         """The dashboard died without stopping us (SIGKILL): end the run, leave no orphan."""
-        while os.getppid() == parent:
-            time.sleep(0.5)
         events.cancel_join_thread()          # nobody reads the events any more
         trainer.submit(C.Stop())
 
     for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal or a kill: end cleanly
         signal.signal(sig, lambda *_: trainer.submit(C.Stop()))
     threading.Thread(target=forward, name="command-forwarder", daemon=True).start()
-    threading.Thread(target=watch_parent, name="parent-watchdog", daemon=True).start()
+    on_parent_exit(orphaned)
     try:
         trainer.run()
     finally:
@@ -83,14 +94,12 @@ def _launch_ranks(cfg, config_toml: str, commands, events) -> None:
     from .launch import launch
     from .store import new_run_id
 
-    def watch_parent(parent: int = os.getppid()) -> None:
+    def orphaned() -> None:
         """The dashboard died: the agent's SIGTERM handler stops the ranks (rank 0 records)."""
-        while os.getppid() == parent:
-            time.sleep(0.5)
         events.cancel_join_thread()
         os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch_parent, name="parent-watchdog", daemon=True).start()
+    on_parent_exit(orphaned)
     run_dir = Path(cfg.runs_dir) / new_run_id(cfg.model)
     try:
         summary = launch(cfg, run_dir, events, commands, signals="SIGTERM,SIGHUP")

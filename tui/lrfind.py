@@ -16,8 +16,6 @@ import os
 import re
 import shutil
 import sys
-import threading
-import time
 from pathlib import Path
 
 from lsml_tui.trainer.config import ConfigError, check_runs_dir, to_toml
@@ -64,21 +62,8 @@ def _out_dir(args, cfg) -> Path:
         from lsml_tui.trainer.store import new_run_id
         check_runs_dir(cfg.runs_dir)
         return Path(cfg.runs_dir) / f"lr-find-{new_run_id(cfg.model)}"
-    p = Path(args.out)
-    existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {args.out!r} cannot be written (nearest existing: {existing})")
-    return p
-
-
-def _exit_with(parent: int) -> None:
-    """Started by the dashboard: once it is gone (even by SIGKILL: we are handed to another
-    parent), end at once and leave no orphan."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.25)
-        os._exit(1)
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+    from .history import _writable_dir
+    return Path(_writable_dir(args.out))
 
 
 def main(argv: list[str], prog: str, make) -> int:
@@ -91,8 +76,9 @@ def main(argv: list[str], prog: str, make) -> int:
     check(min_lr, max_lr, num_steps, rule)
     cfg = config_from_args(args, watched=False)
     out = _out_dir(args, cfg)
-    if "parent_pid" in args:
-        _exit_with(_number(args, "parent_pid", int, None))
+    if "parent_pid" in args:        # started by the dashboard: end with it, even if killed
+        from lsml_tui.trainer.worker import on_parent_exit
+        on_parent_exit(lambda: os._exit(1), _number(args, "parent_pid", int, None), 0.25)
     from lsml_tui.trainer.lr_find import range_test     # (torch is imported as it runs)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
