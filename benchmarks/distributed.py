@@ -29,7 +29,8 @@ import time
 
 import torch
 
-from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
 
 SAMPLE_EVERY = RunConfig().sample_every        # 100, the default
 STEPS = SAMPLE_EVERY                             # steps per block: one sampling period
@@ -39,7 +40,7 @@ def bench_rank(config: dict, blocks: int, block_steps: int) -> dict | None:
     """One rank: warm up, then alternate the arms block by block; rank 0 returns times."""
     import torch.distributed as dist
 
-    from lsml_tui.trainer.distributed import join
+    from lsml_tui.trainer.parallel.ddp import join
     from lsml_tui.trainer.loop import Trainer
 
     cfg = RunConfig(**config)

@@ -60,10 +60,11 @@ import torch
 
 from lsml_tui.profilers.peaks import peak_flops
 from lsml_tui.profilers.system import SystemSampler
-from lsml_tui.trainer.config import RunConfig, resolve, to_toml
+from lsml_tui.trainer.config import RunConfig, to_toml
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.loop import Trainer
-from lsml_tui.trainer.optim import param_groups
-from lsml_tui.trainer.store import RunStore
+from lsml_tui.trainer.optim.optimizers import param_groups
+from lsml_tui.trainer.store.writer import RunStore
 
 GOAL = 0.90
 ITEM_EVERY = 100        # the bare loop reads its loss this often, as nanoGPT logs it
@@ -107,7 +108,7 @@ def lsml_arm(cfg: RunConfig, runs_dir: str):
     """lsml-tui's run loop as a run drives it: default profiling, system sampler, run store."""
     store = RunStore.create(runs_dir, cfg.to_dict(), to_toml(cfg))
     trainer = Trainer(cfg, store=store)
-    sampler = SystemSampler(trainer._on_system_sample).start()
+    sampler = SystemSampler(trainer.on_system_sample).start()
 
     def steps(n: int) -> None:
         for _ in range(n):

@@ -35,9 +35,10 @@ import time
 import torch
 
 from lsml_tui.profilers.system import SystemSampler
-from lsml_tui.trainer.config import RunConfig, resolve, to_toml
+from lsml_tui.trainer.config import RunConfig, to_toml
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.loop import Trainer
-from lsml_tui.trainer.store import RunStore
+from lsml_tui.trainer.store.writer import RunStore
 
 
 def bare_loop(trainer: Trainer):
@@ -63,7 +64,7 @@ def bare_loop(trainer: Trainer):
 def trainer_arm(cfg: RunConfig, runs_dir: str):
     store = RunStore.create(runs_dir, cfg.to_dict(), to_toml(cfg))
     trainer = Trainer(cfg, store=store)
-    sampler = SystemSampler(trainer._on_system_sample).start()
+    sampler = SystemSampler(trainer.on_system_sample).start()
 
     def steps(n: int) -> None:
         for _ in range(n):

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import psutil
 
-from lsml_tui.trainer.config import RunConfig, resolve
-from lsml_tui.trainer.events import (LayerStats, MemorySample, RunStarted, StepMetrics,
-                                     SystemSample)
-from lsml_tui.trainer.store import list_runs
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
+from lsml_tui.trainer.events import LayerStats, MemorySample, RunStarted, StepMetrics, SystemSample
+from lsml_tui.trainer.store.reader import list_runs
 from lsml_tui.tui.app import LsmlApp
 from lsml_tui.tui.bridge import ReplayBridge
 

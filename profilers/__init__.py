@@ -1,2 +1,8 @@
-"""Measurements of what training costs. Each profiler returns plain data and
-imports neither the trainer nor the UI."""
+"""Measurements of what training costs: FLOPs, saved activations and memory, gradients,
+timing, system load, peaks, traces, communication, theory's rates, sharpness and the
+noise scale. Each returns plain data and knows nothing of the store, the events or the
+screen.
+
+May import torch, psutil, pynvml and the standard library; never ``lsml_tui.trainer`` or
+``lsml_tui.tui``.
+"""

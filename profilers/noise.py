@@ -8,8 +8,8 @@ well below B_simple a larger batch (or more data-parallel workers) cuts the step
 in proportion; well above it the extra examples buy little.
 
 Two estimators feed ``NoiseScale``: with several ranks, each rank's local gradient against
-the all-reduced one (trainer/distributed.py); in one process, ``chunk_norms``: the gradients
-of equal parts of one batch against their mean (trainer/noise.py). Only ``chunk_norms``
+the all-reduced one (trainer/parallel/ddp.py); in one process, ``chunk_norms``: the gradients
+of equal parts of one batch against their mean (trainer/watches/noise.py). Only ``chunk_norms``
 imports torch, so the dashboard and the reports can use the rest (the UI process has no torch).
 """
 
@@ -65,7 +65,7 @@ def chunk_norms(loss_of, params: list, x, y, parts: int) -> tuple[float, float, 
     not divide evenly is left out, so every slice has exactly b_small examples. The
     parameters' .grad is not touched (torch.autograd.grad); one read back at the end.
     """
-    import torch    # here, not at the top: see the module's docstring
+    import torch  # here, not at the top: see the module's docstring
     b_small = x.shape[0] // parts
     if b_small < 1:
         raise ValueError(f"a batch of {x.shape[0]} cannot be cut into {parts} parts")

@@ -4,7 +4,8 @@ averaged weights, and the theory panel's log10 ||w_avg - w*|| beside log10 ||w -
 import asyncio
 import math
 
-from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import (AveragedVal, RunStarted, StepMetrics, TheoryInfo,
                                      TheorySample, ValMetrics)
 from lsml_tui.tui.app import LsmlApp

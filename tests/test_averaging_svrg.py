@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lsml_tui.trainer import commands as C
-from lsml_tui.trainer.averaging import WeightAverage
+from lsml_tui.trainer.optim.averaging import WeightAverage
 from lsml_tui.trainer.config import ConfigError
 from lsml_tui.trainer.events import AveragedVal
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from lsml_tui.profilers import comm
-from lsml_tui.trainer.config import parse_straggle
+from lsml_tui.trainer.validate import parse_straggle
 
 
 def test_harmonic_numbers_are_the_expected_max_of_exponentials():

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from lsml_tui.trainer import specs
-from lsml_tui.trainer.config import ConfigError, RunConfig, load_toml, resolve, to_toml
+from lsml_tui.trainer.config import ConfigError, RunConfig, load_toml, to_toml
+from lsml_tui.trainer.validate import resolve
 from tests.conftest import run_cli
 
 
@@ -133,7 +134,9 @@ def test_to_toml_round_trips_every_field(tmp_path):
 
 def test_ui_side_modules_do_not_import_torch():
     code = ("import sys; import lsml_tui.tui.cli, lsml_tui.trainer.config, lsml_tui.trainer.events,"
-            " lsml_tui.trainer.commands, lsml_tui.trainer.store, lsml_tui.trainer.specs,"
+            " lsml_tui.trainer.commands, lsml_tui.trainer.validate, lsml_tui.trainer.specs,"
+            " lsml_tui.trainer.store.writer, lsml_tui.trainer.store.reader,"
+            " lsml_tui.trainer.store.inbox, lsml_tui.tui.history, lsml_tui.tui.tuning.sweep,"
             " lsml_tui.tui.app, lsml_tui.tui.report.data, lsml_tui.tui.report.measures;"
             " print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -141,7 +144,8 @@ def test_ui_side_modules_do_not_import_torch():
 
 
 def test_a_divergence_pauses_the_dashboard_and_stops_a_headless_run():
-    from lsml_tui.tui.cli import build_parser, config_from_args
+    from lsml_tui.tui.cli import build_parser
+    from lsml_tui.tui.flags import config_from_args
     assert config_from_args(build_parser().parse_args([])).on_diverge == "pause"
     assert config_from_args(build_parser().parse_args(["--headless"])).on_diverge == "stop"
     chosen = build_parser().parse_args(["--on-diverge", "skip"])

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from textual.css.query import NoMatches
 
-from lsml_tui.trainer.config import RunConfig, resolve
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
+from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.app import TICK_BUDGET, LsmlApp
 from lsml_tui.tui.panels import EventsPanel, FlopsPanel, LossPanel, MemoryPanel, StatusLine
 from lsml_tui.tui.screens import ChoiceScreen, HelpScreen, ValueScreen

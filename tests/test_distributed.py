@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from lsml_tui.trainer import commands as C
-from lsml_tui.trainer.config import RunConfig, resolve
-from lsml_tui.trainer.distributed import data_seed
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
+from lsml_tui.trainer.parallel.world import data_seed
 from lsml_tui.trainer.events import CommandApplied, RunFinished, StepMetrics
-from lsml_tui.trainer.store import list_runs, open_run
+from lsml_tui.trainer.store.reader import list_runs, open_run
 from lsml_tui.tui.bridge import TrainerBridge
 
 from tests.conftest import alive, run_cli, run_json

@@ -3,7 +3,8 @@
 import asyncio
 
 from lsml_tui.profilers import comm
-from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import DistSample, RunStarted
 from lsml_tui.tui.app import LsmlApp
 from lsml_tui.tui.bridge import ReplayBridge

@@ -5,9 +5,9 @@ import math
 import pytest
 
 from lsml_tui.trainer import commands as C
-from lsml_tui.trainer.divergence import SMOOTHING, BlowUpWatch
+from lsml_tui.trainer.watches.divergence import SMOOTHING, BlowUpWatch
 from lsml_tui.trainer.events import CommandApplied, Diverged, StepMetrics
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.store.reader import open_run
 
 from tests.test_faults import Live
 from tests.test_trainer import quick, run_with

@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lsml_tui.trainer.store import DB_NAME, list_runs
+from lsml_tui.trainer.store.schema import DB_NAME
+from lsml_tui.trainer.store.reader import list_runs
 
 from tests.conftest import alive
 
@@ -79,7 +80,7 @@ def test_train_pause_switch_optimizer_quit_in_tmux(tmp_path):
         tmux("kill-session", "-t", session)
     run, = list_runs(runs)
     assert run.status == "interrupted" and run.steps > paused_at + 20
-    from lsml_tui.trainer.store import open_run
+    from lsml_tui.trainer.store.reader import open_run
     with open_run(run.run_dir) as r:
         applied = [(e["command"], e["step"]) for e in r.events("CommandApplied")]
     assert applied[0] == ("pause", paused_at)

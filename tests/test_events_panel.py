@@ -2,7 +2,8 @@
 
 import asyncio
 
-from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import ClipEvent, CommandApplied, RunStarted, StepMetrics
 from lsml_tui.tui.app import LsmlApp
 from lsml_tui.tui.bridge import ReplayBridge

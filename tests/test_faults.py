@@ -14,7 +14,7 @@ from lsml_tui.trainer import commands as C
 from lsml_tui.trainer.events import (CommandApplied, CommandRefused, Diverged, NonFiniteGradients,
                                      OutOfMemory, StepMetrics)
 from lsml_tui.trainer.loop import Trainer
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.store.reader import open_run
 
 from tests.test_trainer import new_store, quick, run_with, wait_for
 
@@ -164,32 +164,31 @@ def test_rewind_refuses_when_the_norm_changed_since_the_snapshot(tmp_path):
         live.wait(StepMetrics, lambda e: e.step > refused.step + 5)     # training goes on
 
 
-
 def test_a_full_disk_warns_drops_metrics_at_the_bound_and_resumes(tmp_path, monkeypatch):
     import sqlite3
 
-    from lsml_tui.trainer import store as store_module
+    from lsml_tui.trainer.store import writer as store_module
     from lsml_tui.trainer.events import RecordingProblem
     steps = 1500
     cfg = quick(tmp_path, steps=steps, profile=False, val_every=10**6)
-    real_commit, full = store_module._commit, {"on": False}
+    real_commit, full = store_module.commit, {"on": False}
 
     def commit(con, items):
         if full["on"]:
             raise sqlite3.OperationalError("database or disk is full")
         return real_commit(con, items)
-    monkeypatch.setattr(store_module, "_commit", commit)
+    monkeypatch.setattr(store_module, "commit", commit)
 
     def disk_fills_then_frees(trainer):
         trainer.store.max_pending = 100                     # a small bound, reached quickly
-        record = trainer._record
+        record = trainer.record_step
 
         def record_and_toggle(*args):
             full["on"] = 50 <= trainer.step < 900           # full from step 50 to step 899
             if trainer.step == 899:
                 time.sleep(0.6)                             # let a failing commit happen first
             record(*args)
-        trainer._record = record_and_toggle
+        trainer.record_step = record_and_toggle
     trainer, rec, st = run_with(cfg, prepare=disk_fills_then_frees)
     problems = rec.of(RecordingProblem)
     assert "disk is full" in problems[0].message and "resumed" in problems[-1].message

@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from lsml_tui.trainer.store import list_runs, open_run
+from lsml_tui.trainer.store.reader import list_runs, open_run
 from lsml_tui.tui.app import LsmlApp
 from lsml_tui.tui.panels import DistributedPanel, LossPanel
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lsml_tui.trainer.guard import Guard, ReadBack, fused, grad_norms
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.store.reader import open_run
 
 from tests.test_faults import nan_loss_from
 from tests.test_trainer import quick, run_with

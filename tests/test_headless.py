@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lsml_tui.trainer.data import AddingTask, stdlib_text
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.store.reader import open_run
 from tests.conftest import run_cli, run_json
 
 SUMMARY_KEYS = {"run_dir", "status", "steps", "params", "initial_train_loss", "final_train_loss",

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lsml_tui.trainer.config import RunConfig, load_toml, resolve
-from lsml_tui.trainer.lr_find import BETA, STOP_FACTOR, ramp, smooth, steep, suggest, valley
+from lsml_tui.trainer.config import RunConfig, load_toml
+from lsml_tui.trainer.validate import resolve
+from lsml_tui.trainer.tuning.lr_find import BETA, STOP_FACTOR, ramp, smooth, steep, suggest, valley
 from tests.conftest import run_cli
 
 KEYS = {"suggested_lr", "rule", "why", "lrs", "losses", "smoothed", "stop_reason",

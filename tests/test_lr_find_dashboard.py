@@ -11,11 +11,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lsml_tui.trainer.config import RunConfig, resolve
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
+from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.app import LsmlApp
 from lsml_tui.tui.bridge import ReplayBridge
-from lsml_tui.tui.lrfind_screen import LrFindScreen, config_now
+from lsml_tui.tui.tuning.lrfind_screen import LrFindScreen, config_now
 from lsml_tui.tui.panels import EventsPanel, StatusLine
 from lsml_tui.tui.screens import HELP
 from tests.conftest import alive

@@ -1,7 +1,8 @@
 """The noise-scale panel on scripted events: only with --noise-scale-every; B_simple against the
 batch, what the batch costs in steps and examples, and the verdict for each regime."""
 
-from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import NoiseSample, RunStarted
 from lsml_tui.tui.panels import NoiseScalePanel
 

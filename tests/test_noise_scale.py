@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from lsml_tui.profilers.noise import NoiseScale, batch_tradeoff, chunk_norms, parts_for
-from lsml_tui.trainer.config import ConfigError, RunConfig, resolve
+from lsml_tui.trainer.config import ConfigError, RunConfig
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import NoiseSample, StepMetrics, ValMetrics
 from lsml_tui.trainer.loop import Trainer
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.store.reader import open_run
 
 from conftest import run_json
 from test_theory import linear

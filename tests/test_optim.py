@@ -7,8 +7,9 @@ import torch
 
 from lsml_tui.trainer import specs
 from lsml_tui.trainer.models import MODELS, set_norm
-from lsml_tui.trainer.optim import (build_optimizer, lr_factor, nadam_mu_product,
-                                    rebuild_keeping_state, switch_optimizer)
+from lsml_tui.trainer.optim.optimizers import (build_optimizer, nadam_mu_product,
+                                               rebuild_keeping_state, switch_optimizer)
+from lsml_tui.trainer.optim.schedules import lr_factor
 
 
 def mlp(norm="none"):

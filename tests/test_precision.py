@@ -15,8 +15,9 @@ from lsml_tui.trainer.events import NonFiniteGradients
 from lsml_tui.trainer.guard import fused
 from lsml_tui.trainer.loop import Trainer
 from lsml_tui.trainer.precision import resolve_mode
-from lsml_tui.trainer.store import open_run
-from lsml_tui.tui.cli import build_parser, config_from_args
+from lsml_tui.trainer.store.reader import open_run
+from lsml_tui.tui.cli import build_parser
+from lsml_tui.tui.flags import config_from_args
 
 from tests.conftest import run_cli
 from tests.test_trainer import quick, run_with

@@ -13,7 +13,7 @@ from lsml_tui.trainer.events import (ClipEvent, FlopTable, LayerStats, MemorySam
                                      NonFiniteGradients, TimingSample, TraceCaptured)
 from lsml_tui.trainer.loop import Trainer
 from lsml_tui.trainer.models import MODELS
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.store.reader import open_run
 from tests.test_trainer import quick, run_with
 
 

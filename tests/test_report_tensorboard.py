@@ -15,7 +15,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
-from lsml_tui.trainer.store import DB_NAME, RunStore, open_run
+from lsml_tui.trainer.store.schema import DB_NAME
+from lsml_tui.trainer.store.writer import RunStore
+from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui import history
 from lsml_tui.tui.report import DEFAULT_FORMATS
 from lsml_tui.tui.report.tensorboard import write_tensorboard
@@ -265,7 +267,7 @@ def test_without_tensorboard_it_is_refused_with_one_line_and_nothing_written(run
 
 def test_the_default_formats_do_not_need_tensorboard():
     args = history.parser("lsml-tui", argparse.ArgumentParser).parse_args(["report", "r"])
-    assert history._formats(args.format) == list(DEFAULT_FORMATS) == ["html", "md", "json", "csv"]
+    assert history.parse_formats(args.format) == list(DEFAULT_FORMATS) == ["html", "md", "json", "csv"]
 
 
 def test_an_unknown_format_lists_tensorboard(runs):

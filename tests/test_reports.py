@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from lsml_tui.trainer.events import CommandApplied, FlopTable, MemorySample, RunStarted
-from lsml_tui.trainer.store import DB_NAME, RunStore, list_runs, open_run
+from lsml_tui.trainer.store.schema import DB_NAME
+from lsml_tui.trainer.store.writer import RunStore
+from lsml_tui.trainer.store.reader import list_runs, open_run
 from lsml_tui.tui.report import write_reports
 
 from tests.conftest import run_cli, run_json

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.report import write_reports
 
 from tests.conftest import run_json

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.format import nbytes
 from lsml_tui.tui.report import write_reports
 

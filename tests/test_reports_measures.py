@@ -8,7 +8,7 @@ from lsml_tui.tui.report import write_reports
 
 from tests.conftest import run_json
 from tests.test_reports_distributed import Figures, report
-from lsml_tui.trainer.store import open_run
+from lsml_tui.trainer.store.reader import open_run
 
 MLP = ("--model", "mlp", "--layers", "1", "--width", "16", "--steps", "120", "--val-every", "60",
        "--batch-size", "32", "--optimizer", "sgd", "--lr", "0.1", "--device", "cpu")

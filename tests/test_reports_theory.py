@@ -8,9 +8,10 @@ import math
 import pytest
 
 from lsml_tui.trainer.events import CommandApplied, RunStarted, TheoryInfo, TheorySample
-from lsml_tui.trainer.store import RunStore, open_run
+from lsml_tui.trainer.store.writer import RunStore
+from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.report import write_reports
-from lsml_tui.tui.report.theory_charts import _predicted
+from lsml_tui.tui.report.theory_charts import predicted
 from lsml_tui.tui.report.theory import CLIP_NOTE, rate
 
 from tests.conftest import run_json
@@ -143,13 +144,13 @@ def test_a_run_still_going_takes_its_theory_from_the_last_TheoryInfo(tmp_path):
 
 def test_the_predicted_line_runs_from_each_TheoryInfo_within_the_view():
     info = {"step": 10, "distance": 0.5, "rate_theory": 0.9}
-    xs, ys = _predicted(info, 19, 1e-6, 10.0)
+    xs, ys = predicted(info, 19, 1e-6, 10.0)
     assert xs == [10, 19] and ys == pytest.approx([0.5, 0.5 * 0.9 ** 9])
     # a fast rate leaves the view: the line stops at the last step inside it
-    xs, ys = _predicted({**info, "rate_theory": 0.1}, 1000, 1e-3, 10.0)
+    xs, ys = predicted({**info, "rate_theory": 0.1}, 1000, 1e-3, 10.0)
     assert xs == [10, 12] and ys == pytest.approx([0.5, 0.005])
     # a diverging one (lr beyond the limit) is cut at the top, without overflowing
-    xs, ys = _predicted({**info, "rate_theory": 3.0}, 100_000, 1e-3, 10.0)
+    xs, ys = predicted({**info, "rate_theory": 3.0}, 100_000, 1e-3, 10.0)
     assert xs == [10, 12] and ys[-1] <= 10.0
-    assert _predicted({**info, "rate_theory": None}, 19, 1e-6, 10.0) == ([], [])
-    assert math.isfinite(_predicted({**info, "rate_theory": 1.0}, 19, 1e-6, 10.0)[1][-1])
+    assert predicted({**info, "rate_theory": None}, 19, 1e-6, 10.0) == ([], [])
+    assert math.isfinite(predicted({**info, "rate_theory": 1.0}, 19, 1e-6, 10.0)[1][-1])

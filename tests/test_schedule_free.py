@@ -51,8 +51,8 @@ def test_validation_is_at_x_and_training_goes_on_at_y(tmp_path):
         for p, x in zip(at_x.parameters(), average_x(trainer)):
             p.copy_(x)
     assert not all(torch.equal(a, b) for a, b in zip(y, at_x.parameters()))   # x is not y
-    trainer._validate()
-    assert trainer.last_val_loss == pytest.approx(trainer._val_loss(at_x), rel=1e-5)
+    trainer.validate()
+    assert trainer.last_val_loss == pytest.approx(trainer.val_loss(at_x), rel=1e-5)
     for before, p in zip(y, trainer.model.parameters()):     # back at y (two lerps: rounding)
         assert torch.allclose(before, p, atol=1e-6)
     assert trainer.optimizer.param_groups[0]["train_mode"]
@@ -64,7 +64,7 @@ def test_switching_away_goes_on_from_x_and_switching_to_it_trains(tmp_path):
         trainer.advance()
     expected = average_x(trainer)
     trainer.submit(C.SetOptimizer("adam"))
-    trainer._drain_commands()
+    trainer.drain_commands()
     assert trainer.optimizer_name == "adam"
     for x, p in zip(expected, trainer.model.parameters()):
         assert torch.allclose(x, p, atol=1e-6)

@@ -1,7 +1,8 @@
 """The sharpness panel on scripted events: only with --sharpness-every, the last sharpness
 against the optimizer's edge-of-stability limit as a percentage, and a warning above it."""
 
-from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import CommandApplied, RunStarted, SharpnessSample
 from lsml_tui.tui.panels import SharpnessPanel
 

@@ -10,7 +10,8 @@ import math
 import pytest
 import textual
 
-from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import (ClipEvent, CommandApplied, FlopTable, LayerStats,
                                      MemorySample, RunStarted, StepMetrics, SystemSample,
                                      TimingSample, ValMetrics)

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from lsml_tui.trainer.events import CommandApplied
-from lsml_tui.trainer.store import (CONFIG_NAME, DB_NAME, RunStore, list_runs, open_run,
-                                    write_atomic)
+from lsml_tui.trainer.store.schema import CONFIG_NAME, DB_NAME, write_atomic
+from lsml_tui.trainer.store.writer import RunStore
+from lsml_tui.trainer.store.reader import list_runs, open_run
 
 CONFIG = {"model": "mlp", "optimizer": "adam", "norm": "none"}
 

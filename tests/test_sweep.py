@@ -19,9 +19,11 @@ import psutil
 import pytest
 
 from conftest import alive, run_cli
-from lsml_tui.trainer import sweep as S
-from lsml_tui.trainer import sweep_space as SP
-from lsml_tui.trainer.store import DB_NAME, list_runs, open_run
+from lsml_tui.trainer.tuning import study as S
+from lsml_tui.trainer.tuning import sweep as SW
+from lsml_tui.trainer.tuning import space as SP
+from lsml_tui.trainer.store.schema import DB_NAME
+from lsml_tui.trainer.store.reader import list_runs, open_run
 from lsml_tui.tui import cli
 
 # A least-squares problem small enough that a trial trains in a fraction of a second;
@@ -205,7 +207,7 @@ def test_the_median_pruner_stops_a_clearly_worse_trial(tmp_path):
     study = optuna.create_study(study_name="prune", storage=S.storage(sweep_.storage))
     study.enqueue_trial({"lr": 1.0})
     study.enqueue_trial({"lr": 1e-6})
-    S.run(sweep_, trials=2)
+    SW.run(sweep_, trials=2)
     first, second = S.load(sweep_).trials
     assert first.state == optuna.trial.TrialState.COMPLETE
     assert second.state == optuna.trial.TrialState.PRUNED
@@ -231,7 +233,7 @@ def test_a_diverged_trial_scores_inf_and_its_run_says_diverged(tmp_path):
                      storage=str(runs / "sweep-d" / "journal.log"), sampler="grid")
     (runs / "sweep-d").mkdir(parents=True)
     optuna.create_study(study_name="d", storage=S.storage(sweep_.storage))
-    S.run(sweep_, trials=2)
+    SW.run(sweep_, trials=2)
     by_lr = {t.params["lr"]: t for t in S.load(sweep_).trials}
     assert by_lr[10.0].state == optuna.trial.TrialState.COMPLETE and by_lr[10.0].value == math.inf
     assert math.isfinite(by_lr[0.5].value)
@@ -254,7 +256,7 @@ def test_a_space_file_reads_like_the_command_line(tmp_path):
 def test_a_resumed_grid_runs_again_the_points_a_signal_cut_short():
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState, create_trial
-    from lsml_tui.tui.sweep import grid_left
+    from lsml_tui.tui.tuning.sweep import grid_left
     lr = SP.Param("lr", choices=(0.1, 0.5, 0.9))
     dist = {"lr": CategoricalDistribution([0.1, 0.5, 0.9])}
     study = optuna.create_study()

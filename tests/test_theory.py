@@ -10,7 +10,8 @@ import torch
 
 from lsml_tui.profilers import theory
 from lsml_tui.trainer import commands as C
-from lsml_tui.trainer.config import ConfigError, RunConfig, resolve
+from lsml_tui.trainer.config import ConfigError, RunConfig
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.data import build_task
 from lsml_tui.trainer.events import TheoryInfo, TheorySample
 

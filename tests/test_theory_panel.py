@@ -6,7 +6,8 @@ import math
 import pytest
 
 from lsml_tui.profilers.fit import fitted_rate
-from lsml_tui.trainer.config import RunConfig, resolve
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import RunStarted, TheoryInfo, TheorySample
 from lsml_tui.tui.panels import TheoryPanel
 

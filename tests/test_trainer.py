@@ -11,12 +11,14 @@ import torch
 
 from lsml_tui.trainer import commands as C
 from lsml_tui.trainer import specs
-from lsml_tui.trainer.config import RunConfig, resolve, to_toml
+from lsml_tui.trainer.config import RunConfig, to_toml
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import (CommandApplied, CommandRefused, Diverged, RunFinished,
                                      StepMetrics)
 from lsml_tui.trainer.loop import Trainer
 from lsml_tui.trainer.models import NormSlot
-from lsml_tui.trainer.store import RunStore, open_run
+from lsml_tui.trainer.store.writer import RunStore
+from lsml_tui.trainer.store.reader import open_run
 
 
 def quick(tmp_path, **changes):

@@ -8,13 +8,13 @@ was refused.
 from __future__ import annotations
 
 from lsml_tui.profilers.trace import TraceCapture
-
-from . import commands as C
-from . import specs
-from .config import ConfigError, check_clip, check_lr, suggest
-from .events import CommandApplied, CommandRefused
-from .models import set_norm
-from .optim import rebuild_keeping_state, switch_optimizer
+from lsml_tui.trainer import commands as C
+from lsml_tui.trainer import specs
+from lsml_tui.trainer.config import ConfigError, suggest
+from lsml_tui.trainer.events import CommandApplied, CommandRefused
+from lsml_tui.trainer.models import set_norm
+from lsml_tui.trainer.optim.optimizers import rebuild_keeping_state, switch_optimizer
+from lsml_tui.trainer.validate import check_clip, check_lr
 
 
 class Controls:
@@ -27,7 +27,7 @@ class Controls:
     def _waiting(self) -> bool:
         return self.paused and not self._single_step and not self._stop
 
-    def _drain_commands(self) -> None:
+    def drain_commands(self) -> None:
         """Apply the commands due before this step; while paused, wait for more.
 
         Steps still in flight are settled first: a command acts on what the user has seen."""
@@ -46,11 +46,11 @@ class Controls:
         try:
             detail, changes = self._change(cmd)
         except ConfigError as e:
-            self._emit(CommandRefused(self.step, name, str(e)))
+            self.emit(CommandRefused(self.step, name, str(e)))
             return
-        self._emit(CommandApplied(self.step, name, detail, changes))
+        self.emit(CommandApplied(self.step, name, detail, changes))
         if self.theory is not None and isinstance(cmd, (C.SetOptimizer, C.SetLR, C.Rewind)):
-            self._emit_sample(self.theory.predict(self))     # --model linear: new predictions
+            self.emit_sample(self.theory.predict(self))     # --model linear: new predictions
 
     def _change(self, cmd: C.Command) -> tuple[str, dict]:
         """Apply one command; return (detail, changes) or raise ConfigError with the reason."""

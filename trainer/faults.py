@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 
 from lsml_tui.profilers.gradients import first_nonfinite
-
-from .events import Diverged, NonFiniteGradients, OutOfMemory
-from .recovery import oom_hint, release_memory
+from lsml_tui.trainer.events import Diverged, NonFiniteGradients, OutOfMemory
+from lsml_tui.trainer.recovery import oom_hint, release_memory
 
 
 class FaultPolicy:
@@ -25,10 +24,10 @@ class FaultPolicy:
         self.step = entry.step
         if self.precision.scaler is not None and math.isfinite(loss):   # fp16's routine overflow
             self.skipped_steps += 1
-            self._emit(NonFiniteGradients(self.step, "(fp16 overflow)", loss,
+            self.emit(NonFiniteGradients(self.step, "(fp16 overflow)", loss,
                                           f"fp16 gradients overflowed at step {self.step}; update "
                                           f"skipped, loss scale now {self.precision.loss_scale():g}"))
-            self._record(self.step, loss, entry.lr, float("nan"), float("nan"), False, 0.0)
+            self.record_step(self.step, loss, entry.lr, float("nan"), float("nan"), False, 0.0)
             self.step += 1
             return True
         if not math.isfinite(loss):
@@ -42,10 +41,10 @@ class FaultPolicy:
         """The loss stayed finite but exploded (--diverge-factor): stop, or pause with a hint."""
         if self.cfg.on_diverge == "pause":
             self.paused = True
-            self._emit(Diverged(step, loss, f"{what}; paused: lower the lr (l) or rewind to "
+            self.emit(Diverged(step, loss, f"{what}; paused: lower the lr (l) or rewind to "
                                 f"step {self.snapshot.step} (w), then resume (space)", "pause"))
             return True
-        self._emit(Diverged(step, loss, f"{what}; try a lower --lr, or --diverge-factor off to "
+        self.emit(Diverged(step, loss, f"{what}; try a lower --lr, or --diverge-factor off to "
                             f"let it run", "stop"))
         return False
 
@@ -62,10 +61,10 @@ class FaultPolicy:
         what = f"loss became {loss} at step {self.step} (lr {lr:g})"
         if action == "pause":
             self.paused = True
-            self._emit(Diverged(self.step, loss, f"{what}; paused: lower the lr (l) or rewind to "
+            self.emit(Diverged(self.step, loss, f"{what}; paused: lower the lr (l) or rewind to "
                                 f"step {self.snapshot.step} (w), then resume (space)", "pause"))
             return True
-        self._emit(Diverged(self.step, loss, f"{what}; try a lower --lr or --clip, or "
+        self.emit(Diverged(self.step, loss, f"{what}; try a lower --lr or --clip, or "
                             f"--on-diverge pause", "stop"))
         return False
 
@@ -74,11 +73,11 @@ class FaultPolicy:
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
         self._bad_in_row += 1
-        self._emit(NonFiniteGradients(self.step, culprit, loss, message))
-        self._record(self.step, loss, lr, float("nan"), float("nan"), False, 0.0)
+        self.emit(NonFiniteGradients(self.step, culprit, loss, message))
+        self.record_step(self.step, loss, lr, float("nan"), float("nan"), False, 0.0)
         self.step += 1
         if self._bad_in_row >= self.cfg.skip_limit:
-            self._emit(Diverged(self.step - 1, loss, f"{self._bad_in_row} steps in a row skipped "
+            self.emit(Diverged(self.step - 1, loss, f"{self._bad_in_row} steps in a row skipped "
                                 f"for non-finite values (--skip-limit {self.cfg.skip_limit}); "
                                 f"stopping", "stop"))
             return False
@@ -89,5 +88,5 @@ class FaultPolicy:
         release_memory(self)
         self.paused, self._single_step = True, False
         first_line = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-        self._emit(OutOfMemory(self.step, f"out of memory at step {self.step} ({first_line}); "
+        self.emit(OutOfMemory(self.step, f"out of memory at step {self.step} ({first_line}); "
                                f"paused; {oom_hint(self.cfg)}"))

@@ -27,8 +27,7 @@ from typing import NamedTuple
 import torch
 
 from lsml_tui.profilers import gradients
-
-from .optim import parts
+from lsml_tui.trainer.optim.optimizers import parts
 
 
 def grad_norms(params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .config import ConfigError, RunConfig, to_toml
-from .events import Diverged, RunFailed, StepMetrics
-from .loop import Trainer
-from .store import RunStore, new_run_id
+from lsml_tui.trainer.config import ConfigError, RunConfig, to_toml
+from lsml_tui.trainer.events import Diverged, RunFailed, StepMetrics
+from lsml_tui.trainer.loop import Trainer
+from lsml_tui.trainer.store.writer import RunStore, new_run_id
 
 EXIT_STATUS = {"finished": 0, "diverged": 1, "failed": 1, "interrupted": 130}
 
@@ -29,8 +29,8 @@ def run_headless(cfg: RunConfig, json_out: bool = False, progress: bool = True) 
     or, started by torchrun, this process's rank of torchrun's group (only rank 0 prints).
     Raises ConfigError before anything is written if the device is not available.
     """
-    from .distributed import world_from_env
-    from .launch import RankFailed, preflight, run_rank
+    from lsml_tui.trainer.parallel.launch import RankFailed, preflight, run_rank
+    from lsml_tui.trainer.parallel.world import world_from_env
     preflight(cfg)
     world = world_from_env()
     joined = world is not None and world.size > 1
@@ -101,7 +101,7 @@ def _launched(cfg: RunConfig, run_dir: Path, sink) -> dict:
     """N ranks started here; rank 0's event batches come back on a queue for the bar."""
     import multiprocessing as mp
 
-    from .launch import launch
+    from lsml_tui.trainer.parallel.launch import launch
     events = mp.get_context("spawn").Queue()
 
     def pump() -> None:

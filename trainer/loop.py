@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import queue
 import time
 import traceback
@@ -11,58 +10,33 @@ from collections import deque
 
 import torch
 
-from . import specs
-from .config import ConfigError, RunConfig
-from .data import build_task
-from .distributed import Alone, data_seed
-from .divergence import BlowUpWatch
-from .guard import Guard, ReadBack, grad_norms
 from lsml_tui.profilers.system import SystemSampler
-
-from .control import Controls
-from .events import (ClipEvent, Coalescer, RecordingProblem, RunFailed,
-                     AveragedVal, RunFinished, RunStarted, StepMetrics, SystemSample, TheorySample,
-                     TraceCaptured,
-                     ValMetrics)
-from .faults import FaultPolicy
-from .models import build_model, num_params
-from .optim import build_optimizer, evaluating, lr_factor
-from .precision import Precision
-from .profiling import NULL_PROBE, Profiler
-from .recovery import Snapshot, is_out_of_memory
-from .averaging import WeightAverage
-from .noise import NoiseWatch
-from .sharpness import SharpnessWatch
-from .svrg import SVRG
-from .theory import TheoryWatch
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto picks CUDA, then MPS, then CPU; an explicit device must exist here."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    dev = torch.device(name)
-    ok = {"cpu": True, "mps": has_mps,
-          "cuda": torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()}
-    if not ok[dev.type]:
-        here = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if has_mps else [])
-        raise ConfigError(f"--device {name!r} is not available on this machine; allowed here: "
-                          f"{', '.join(here)}")
-    return dev
+from lsml_tui.trainer import specs
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.control import Controls
+from lsml_tui.trainer.data import build_task
+from lsml_tui.trainer.device import make_deterministic, resolve_device
+from lsml_tui.trainer.events import (Coalescer, RecordingProblem, RunFailed, RunFinished,
+                                     RunStarted, TraceCaptured)
+from lsml_tui.trainer.faults import FaultPolicy
+from lsml_tui.trainer.guard import Guard, ReadBack, grad_norms
+from lsml_tui.trainer.models import build_model, num_params
+from lsml_tui.trainer.optim.averaging import WeightAverage
+from lsml_tui.trainer.optim.optimizers import build_optimizer
+from lsml_tui.trainer.optim.schedules import lr_factor
+from lsml_tui.trainer.optim.svrg import SVRG
+from lsml_tui.trainer.parallel.world import Alone, data_seed
+from lsml_tui.trainer.precision import Precision
+from lsml_tui.trainer.profiling import NULL_PROBE, Profiler
+from lsml_tui.trainer.record import Recording
+from lsml_tui.trainer.recovery import Snapshot, is_out_of_memory
+from lsml_tui.trainer.watches.divergence import BlowUpWatch
+from lsml_tui.trainer.watches.noise import NoiseWatch
+from lsml_tui.trainer.watches.sharpness import SharpnessWatch
+from lsml_tui.trainer.watches.theory import TheoryWatch
 
 
-def make_deterministic() -> None:
-    """Same seed, same losses on CUDA too: deterministic kernels only (cuDNN's convolution
-    autotuner off, a fixed cuBLAS workspace). An op with no deterministic kernel warns once
-    instead of failing the run. Process-wide, so it is for a trainer's own process."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read when cuBLAS starts
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-
-
-class Trainer(Controls, FaultPolicy):
+class Trainer(Recording, Controls, FaultPolicy):
     """Trains one run. ``submit`` is thread-safe; ``run`` blocks until the run ends."""
 
     def __init__(self, cfg: RunConfig, sink=None, store=None, final_loss_window: int = 10,
@@ -80,7 +54,7 @@ class Trainer(Controls, FaultPolicy):
         self.model.train()
         # --model linear: ||w - w*|| every step, theory's predictions beside it
         self.theory = TheoryWatch(self.task, self.model) if cfg.model == "linear" else None
-        self.dp = dp or Alone()             # one process, or one rank of N (distributed.py)
+        self.dp = dp or Alone()             # one process, or one rank of N (parallel/)
         self.dp.attach(self._commands)
         self.precision = Precision(cfg.precision, self.device)
         self._wrap()
@@ -123,7 +97,7 @@ class Trainer(Controls, FaultPolicy):
         self.blow_up = BlowUpWatch(cfg.diverge_factor, cfg.diverge_steps)
         self.snapshot = Snapshot(self)      # the last good state, for a rewind
         if store is not None:               # disk full, I/O errors: the user is told
-            store.on_problem = lambda message, dropped: self._emit(
+            store.on_problem = lambda message, dropped: self.emit(
                 RecordingProblem(self.step, message, dropped))
             store.watch_commands(self.submit)   # a dashboard that follows the run (open)
 
@@ -135,7 +109,7 @@ class Trainer(Controls, FaultPolicy):
             self.net, mode=None if mode == "default" else mode)
 
     def _make_svrg(self) -> None:
-        """SVRG's snapshot and full gradient, while svrg is the optimizer (svrg.py)."""
+        """SVRG's snapshot and full gradient, while svrg is the optimizer (optim/svrg.py)."""
         self.svrg = (SVRG(self.model, self.task, self.cfg.batch_size, self.hparams["svrg_every"],
                           self.cfg.seed) if self.optimizer_name == "svrg" else None)
 
@@ -144,27 +118,17 @@ class Trainer(Controls, FaultPolicy):
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
 
-    def _emit_sample(self, event) -> None:
-        self.events.emit(event)
-        if self.store is not None:
-            self.store.record_sample(event)
-
-    def _emit(self, event) -> None:
-        self.events.emit(event)
-        if self.store is not None and not isinstance(event, (StepMetrics, ValMetrics)):
-            self.store.record_event(event)
-
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> dict:
         """Train until the step budget, a stop, divergence or an error; return the summary."""
         cfg = self.cfg
-        self._emit(RunStarted(0, self.store.run_id if self.store else "", str(self.store.run_dir)
+        self.emit(RunStarted(0, self.store.run_id if self.store else "", str(self.store.run_dir)
                               if self.store else "", cfg.to_dict(), num_params(self.model),
                               str(self.device), self.precision.mode))
         if self.theory is not None:
-            self._emit_sample(self.theory.predict(self))
-        sampler = SystemSampler(self._on_system_sample).start() if cfg.profile else None
+            self.emit_sample(self.theory.predict(self))
+        sampler = SystemSampler(self.on_system_sample).start() if cfg.profile else None
         try:
             while True:
                 if self.step >= cfg.steps:
@@ -174,9 +138,9 @@ class Trainer(Controls, FaultPolicy):
                     if self.step >= cfg.steps:              # (or it went back to a bad step)
                         self.status = "finished"
                         if self.step % cfg.val_every and self.dp.recorder:
-                            self._validate()
+                            self.validate()
                         break
-                self._drain_commands()
+                self.drain_commands()
                 if self._diverged:
                     self.status = "diverged"
                     break
@@ -198,7 +162,7 @@ class Trainer(Controls, FaultPolicy):
             self.settle(0)                     # what was trained is recorded
         except Exception as e:  # a fault becomes an event; what was recorded stays
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"
-            self._emit(RunFailed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
+            self.emit(RunFailed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
         if self.status != "failed":             # every rank got here at the same step
             self.dp.finish(self)
         if sampler is not None:
@@ -206,7 +170,7 @@ class Trainer(Controls, FaultPolicy):
         if self._trace is not None:
             self._trace.abandon()
         summary = self.summary()
-        self._emit(RunFinished(self.step, self.status, summary))
+        self.emit(RunFinished(self.step, self.status, summary))
         if self.store is not None:
             self.store.set_status(self.status, summary)
         self.events.flush()
@@ -224,14 +188,14 @@ class Trainer(Controls, FaultPolicy):
         ok = self.settle()
         self._single_step = False
         if ok and self.step != before and self.step % self.cfg.val_every == 0 and self.dp.recorder:
-            self._validate()
+            self.validate()
         due = lambda watch: ok and watch and self.step != before and self.step % watch.every == 0  # noqa: E731
         if due(self.sharpness):
             sample = self.sharpness.measure(self)           # sampled: a few dozen HVPs
             if sample is not None:
-                self._emit_sample(sample)
+                self.emit_sample(sample)
         if due(self.noise):                                 # sampled: one extra fwd + bwd
-            self._emit_sample(self.noise.measure(self))
+            self.emit_sample(self.noise.measure(self))
         self.events.poll()
         return ok
 
@@ -292,108 +256,9 @@ class Trainer(Controls, FaultPolicy):
         if self.step % self.cfg.snapshot_every == 0 and not self.blow_up.rising:
             self.snapshot = Snapshot(self)          # never a state already on its way up
 
-    def settle(self, keep: int | None = None) -> bool:
-        """Record the queued steps whose values are back; False if one of them stops the run.
-
-        ``settle(0)`` waits for and records every step still in flight."""
-        for entry in self.readback.ready(keep):
-            loss, norm, *extra = entry.host.tolist()
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                return self._refused(entry, loss, norm)
-            clipped = self.clip is not None and norm > self.clip
-            scale = self.clip / (norm + 1e-6) if clipped else 1.0  # clip_grads_with_norm_'s factor
-            if clipped:
-                self.clip_count += 1
-                self.events.emit(ClipEvent(entry.step, norm, self.clip, scale))
-                if self.store is not None:
-                    self.store.record_clip(entry.step, norm, self.clip, scale)
-            self._record(entry.step, loss, entry.lr, norm, norm * scale, clipped,
-                         self.cfg.batch_size / entry.seconds)
-            self._bad_in_row = 0
-            if extra:                                       # --model linear: ||w - w*||
-                self.theory.observe(entry.step, *extra)
-                self._emit_sample(TheorySample(entry.step, *extra))
-            blown_up = self.blow_up.observe(entry.step, loss, entry.lr)
-            if blown_up:
-                return self._blown_up(entry.step, loss, blown_up)
-        return True
-
     def _advance_trace(self) -> None:
         if self._trace is not None:
             path = self._trace.step()
             if path is not None:
-                self._emit(TraceCaptured(self.step, str(path), self._trace.steps))
+                self.emit(TraceCaptured(self.step, str(path), self._trace.steps))
                 self._trace = None
-
-    def _on_system_sample(self, sample: dict) -> None:  # on the sampler's thread
-        self._emit_sample(SystemSample(self.step, sample))
-
-    def _record(self, step: int, loss: float, lr: float, grad_norm: float,
-                grad_norm_clipped: float, clipped: bool, eps: float) -> None:
-        if self.initial_loss is None:
-            self.initial_loss = loss
-        if math.isfinite(loss):
-            self.recent_losses.append(loss)
-        if math.isfinite(grad_norm):
-            self.last_grad_norm = grad_norm
-        now = time.time()
-        if self.store is not None:
-            self.store.record_step(step, now, loss, lr, grad_norm, grad_norm_clipped, clipped, eps)
-        self.events.emit(StepMetrics(step, loss, lr, grad_norm, clipped, eps, now))
-
-    @torch.no_grad()
-    def _val_loss(self, model: torch.nn.Module) -> float:
-        """Mean loss of `model` on the validation batches (the same batches every time)."""
-        model.eval()  # back to train() below; not per step: it walks every module
-        gen = torch.Generator(self.gen_device).manual_seed(self.cfg.seed + 1)
-        with self.precision.autocast():
-            losses = [self.task.loss(model(x), y)
-                      for x, y in (self.task.batch("val", self.cfg.batch_size, gen)
-                                   for _ in range(self.cfg.val_batches))]
-        model.train()
-        return torch.stack(losses).mean().item()
-
-    def _validate(self) -> None:
-        step = self.step - 1
-        with evaluating(self.optimizer):        # schedule-free: at its average x, not at y
-            self.last_val_loss = self._val_loss(self.model)
-        if self.average is not None:                        # the averaged weights, alike
-            self.last_val_loss_averaged = self._val_loss(self.average.model)
-            self._emit_sample(AveragedVal(step, self.last_val_loss_averaged))
-        if self.store is not None:
-            self.store.record_val(step, time.time(), self.last_val_loss)
-        self.events.emit(ValMetrics(step, self.last_val_loss))
-
-    def summary(self) -> dict:
-        recent = list(self.recent_losses)
-        return {
-            "run_id": self.store.run_id if self.store else None,
-            "run_dir": str(self.store.run_dir) if self.store else None,
-            "status": self.status,
-            "steps": self.step,
-            "params": num_params(self.model),
-            "device": str(self.device),
-            "precision": self.precision.mode,
-            "compile": self.cfg.compile,
-            "model": self.cfg.model,
-            "optimizer": self.optimizer_name,
-            "norm": self.norm,
-            "lr": self.base_lr,
-            "clip": self.clip,
-            "initial_train_loss": self.initial_loss,
-            "final_train_loss": sum(recent) / len(recent) if recent else None,
-            "final_val_loss": self.last_val_loss,
-            **({"average": self.cfg.average, "final_val_loss_averaged":
-                self.last_val_loss_averaged} if self.average else {}),
-            "last_grad_norm": self.last_grad_norm,
-            "clip_events": self.clip_count,
-            "skipped_steps": self.skipped_steps,
-            "steps_per_second": self.step / self.train_seconds if self.train_seconds else None,
-            **self.profiler.summary(),
-            **self.dp.summary(),
-            **({"theory": self.theory.summary(self.clip_count)} if self.theory else {}),
-            **({"sharpness": self.sharpness.last and self.sharpness.last.sharpness,
-                "sharpness_threshold": self.sharpness.last and self.sharpness.last.threshold}
-               if self.sharpness else {}),
-            **(self.noise.summary() if self.noise else {}),
-        }

@@ -13,8 +13,8 @@ from contextlib import nullcontext
 
 import torch
 
-from .config import ConfigError
-from .optim import parts
+from lsml_tui.trainer.config import ConfigError
+from lsml_tui.trainer.optim.optimizers import parts
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

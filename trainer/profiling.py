@@ -19,8 +19,7 @@ from lsml_tui.profilers.flops import FlopMeter
 from lsml_tui.profilers.memory import SavedActivationMeter, memory_breakdown
 from lsml_tui.profilers.peaks import cpu_peak, peak_flops
 from lsml_tui.profilers.timing import PhaseTimer
-
-from .events import FlopTable, LayerStats, MemorySample, TimingSample
+from lsml_tui.trainer.events import FlopTable, LayerStats, MemorySample, TimingSample
 
 
 class NullProbe:
@@ -98,7 +97,7 @@ class Probe(NullProbe):
         p = self.p
         if self.flops is not None and self.flops.result is not None:
             p.flops, p.flop_key = self.flops.result, self.flop_key
-            trainer._emit_sample(FlopTable(self.step, p.flops.forward, p.flops.backward,
+            trainer.emit_sample(FlopTable(self.step, p.flops.forward, p.flops.backward,
                                            {k: list(v) for k, v in p.flops.per_module.items()},
                                            self.input_shape))
         if not self.sample:
@@ -115,9 +114,9 @@ class Probe(NullProbe):
         p.memory = mem
         cuda_peak = (torch.cuda.max_memory_allocated(p.device) if p.device.type == "cuda"
                      else None)
-        trainer._emit_sample(LayerStats(self.step, names, norms, ratios, saved))
-        trainer._emit_sample(MemorySample(self.step, **mem, cuda_peak_bytes=cuda_peak))
-        trainer._emit_sample(TimingSample(self.step, phases, p.step_seconds,
+        trainer.emit_sample(LayerStats(self.step, names, norms, ratios, saved))
+        trainer.emit_sample(MemorySample(self.step, **mem, cuda_peak_bytes=cuda_peak))
+        trainer.emit_sample(TimingSample(self.step, phases, p.step_seconds,
                                           p.flops_per_second(), p.mfu()))
 
 

@@ -12,8 +12,8 @@ import copy
 
 import torch
 
-from .config import ConfigError
-from .optim import parts
+from lsml_tui.trainer.config import ConfigError
+from lsml_tui.trainer.optim.optimizers import parts
 
 
 class Snapshot:

@@ -158,7 +158,7 @@ OPTIMIZERS = {
     # every non-2-D tensor go to AdamW at the same lr (Moonshot's RMS matching).
     "muon": OptimizerSpec(lr=3e-3, hparams=("momentum",), weight_decay=0.01,
                           defaults={"momentum": 0.95}),
-    # SGD on a variance-reduced gradient (trainer/svrg.py); a snapshot every svrg_every steps
+    # SGD on a variance-reduced gradient (trainer/optim/svrg.py); a snapshot every svrg_every steps
     "svrg": OptimizerSpec(lr=0.05, hparams=("svrg_every",), defaults={"svrg_every": 100}),
     # Schedule-free AdamW (Defazio et al. 2024, the schedulefree package): trains at y, an
     # interpolation of its SGD-like sequence z and their running average x; evaluates at x

@@ -43,11 +43,11 @@ def worker_main(config: dict, config_toml: str, commands, events) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):     # a hang-up reaches us too (same process
         signal.signal(sig, signal.SIG_IGN)          # group): until the run can record it
     _redirect_output(os.devnull)                   # never write over the dashboard
-    from . import commands as C
-    from .config import RunConfig
-    from .events import RunFailed
-    from .loop import Trainer
-    from .store import RunStore
+    from lsml_tui.trainer import commands as C
+    from lsml_tui.trainer.config import RunConfig
+    from lsml_tui.trainer.events import RunFailed
+    from lsml_tui.trainer.loop import Trainer
+    from lsml_tui.trainer.store.writer import RunStore
 
     cfg = RunConfig(**config)
     if cfg.workers > 1:
@@ -90,9 +90,9 @@ def _launch_ranks(cfg, config_toml: str, commands, events) -> None:
     (commands in, event batches out) and the other ranks follow it."""
     from pathlib import Path
 
-    from .events import RunFailed, RunFinished
-    from .launch import launch
-    from .store import new_run_id
+    from lsml_tui.trainer.events import RunFailed, RunFinished
+    from lsml_tui.trainer.parallel.launch import launch
+    from lsml_tui.trainer.store.writer import new_run_id
 
     def orphaned() -> None:
         """The dashboard died: the agent's SIGTERM handler stops the ranks (rank 0 records)."""

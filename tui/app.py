@@ -1,4 +1,5 @@
-"""The dashboard: layout, bindings and wiring. Panels live in ``panels/``.
+"""The dashboard: layout, bindings and wiring. Panels live in ``panels/``, what the keys
+do in ``actions.py``.
 
 The trainer runs in its own process behind a ``TrainerBridge``. A timer drains
 its events a few times a second, hands them to every panel, and redraws only
@@ -8,7 +9,6 @@ the panels that changed: the screen never redraws per event.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 
 from textual.app import App, ComposeResult, SystemCommand
@@ -16,38 +16,20 @@ from textual.binding import Binding
 from textual.containers import Container, Vertical
 from textual.widgets import Footer
 
-from lsml_tui.trainer import commands as C
-from lsml_tui.trainer import specs
-from lsml_tui.trainer.config import ConfigError, RunConfig, check_clip, check_lr, resolve
+from lsml_tui.trainer.config import RunConfig
 from lsml_tui.trainer.events import RunFinished, RunStarted
-
-from . import lifeline
-from .bridge import TrainerBridge, prepare_processes, thin
-from .panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel, LossPanel,
-                     MemoryPanel, NoiseScalePanel, SharpnessPanel, StatusLine, SystemPanel,
-                     TheoryPanel)
-from .screens import ChoiceScreen, HelpScreen, ValueScreen
+from lsml_tui.tui import lifeline
+from lsml_tui.tui.actions import Actions
+from lsml_tui.tui.bridge import TrainerBridge, prepare_processes, thin
+from lsml_tui.tui.panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel,
+                                 LossPanel, MemoryPanel, NoiseScalePanel, SharpnessPanel,
+                                 StatusLine, SystemPanel, TheoryPanel)
 
 REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
 TICK_BUDGET = 20_000   # events handed to the panels per redraw; step metrics beyond are thinned
-MODEL_FIELDS = ("layers", "width", "heads", "seq_len", "cell", "activation", "residual", "text",
-                "dim", "kappa", "examples", "noise", "norm", "batch_size")
 
 
-def trains(action):
-    """A control that commands the trainer: a read-only replay has none, so it is refused
-    there with a hint on how to train the run's config again."""
-    @functools.wraps(action)        # Textual reads the action's signature through this
-    def guarded(self, *args):
-        if self.read_only:
-            self.notify(f"read-only replay; to train this config again: lsml-tui --config "
-                        f"{self.run_dir}/config.toml", severity="warning")
-            return None
-        return action(self, *args)  # an async action's coroutine is awaited by Textual
-    return guarded
-
-
-class LsmlApp(App):
+class LsmlApp(Actions, App):
     CSS_PATH = "app.tcss"
     TITLE = "lsml-tui"
     BINDINGS = [
@@ -139,15 +121,15 @@ class LsmlApp(App):
     @classmethod
     def replay(cls, run_dir) -> "LsmlApp":
         """The dashboard on a stored run, read-only, every panel filled from the store."""
-        from .replay import RecordedBridge, replay_config
+        from lsml_tui.tui.replay import RecordedBridge, replay_config
         return cls(replay_config(run_dir), lambda cfg: RecordedBridge(cfg, run_dir),
                    replay_of=str(run_dir))
 
     @classmethod
     def follow(cls, run_dir) -> "LsmlApp":
         """The dashboard on a run that is still going elsewhere: live, and its controls work."""
-        from .follow import FollowBridge
-        from .replay import replay_config
+        from lsml_tui.tui.follow import FollowBridge
+        from lsml_tui.tui.replay import replay_config
         app = cls(replay_config(run_dir), lambda cfg: FollowBridge(cfg, run_dir))
         app.following, app.run_dir = True, str(run_dir)
         return app
@@ -193,132 +175,6 @@ class LsmlApp(App):
         for panel in panels:
             if panel.dirty:
                 panel.redraw()
-
-    # -- controls ---------------------------------------------------------------
-
-    def send(self, cmd: C.Command) -> None:
-        if self.bridge is None or not self.bridge.process.is_alive() or self.final is not None:
-            self.notify("the trainer is not running; press r to restart", severity="warning")
-            return
-        self.bridge.send(cmd)
-
-    @trains
-    def action_pick_optimizer(self) -> None:
-        current = self.query_one(StatusLine).state["optimizer"]
-        self.push_screen(ChoiceScreen("Optimizer", list(specs.OPTIMIZERS), current),
-                         lambda name: name and self.send(C.SetOptimizer(name)))
-
-    @trains
-    def action_pick_norm(self) -> None:
-        current = self.query_one(StatusLine).state["norm"]
-        self.push_screen(ChoiceScreen(f"Normalization ({self.cfg.model})",
-                                      list(specs.allowed_norms(self.cfg.model)), current),
-                         lambda kind: kind and self.send(C.SetNorm(kind)))
-
-    def _ask(self, title: str, value: str, parse) -> None:
-        def done(text: str | None) -> None:
-            if not text:
-                return
-            try:
-                self.send(parse(text))
-            except (ConfigError, ValueError) as e:
-                self.notify(str(e), severity="error")
-        self.push_screen(ValueScreen(title, value), done)
-
-    @trains
-    def action_set_lr(self) -> None:
-        def parse(text: str) -> C.SetLR:
-            lr = float(text)
-            check_lr(lr)
-            return C.SetLR(lr)
-        self._ask("Learning rate (> 0)", f"{self.query_one(StatusLine).state['lr']:g}", parse)
-
-    @trains
-    def action_set_clip(self) -> None:
-        def parse(text: str) -> C.SetClip:
-            value = None if text.lower() in ("off", "none") else float(text)
-            check_clip(value)
-            return C.SetClip(value)
-        clip = self.query_one(GradientsPanel).clip
-        self._ask("Clip threshold (> 0, or off)", "off" if clip is None else f"{clip:g}", parse)
-
-    @trains
-    def action_toggle_pause(self) -> None:
-        self.send(C.Resume() if self.status.endswith("paused") else C.Pause())
-
-    @trains
-    def action_rewind(self) -> None:
-        self.send(C.Rewind())
-
-    @trains
-    def action_single_step(self) -> None:
-        self.send(C.SingleStep())
-
-    @trains
-    def action_trace(self) -> None:
-        self.send(C.CaptureTrace(steps=5))
-
-    @trains
-    def action_lr_find(self) -> None:
-        """The learning-rate range test in a child process, then its suggestion offered
-        (lrfind_screen.py); a worker, so the dashboard stays live meanwhile."""
-        if any(w.group == "lr-find" and w.is_running for w in self.workers):
-            self.notify("the lr range test is already running")
-            return
-        from .lrfind_screen import find_and_offer
-        self.run_worker(find_and_offer(self), group="lr-find", exit_on_error=False)
-
-    async def action_export(self) -> None:
-        """Write every report format for this run into its run directory, off the UI thread."""
-        if self.run_dir is None:
-            self.notify("no run to report yet", severity="warning")
-            return
-        from .report import write_reports
-        self.notify("writing reports …")
-        try:
-            paths = await asyncio.to_thread(write_reports, [self.run_dir])
-        except Exception as e:  # a full disk or an unreadable store: say so, keep running
-            self.notify(f"report failed: {type(e).__name__}: {e}", severity="error")
-            return
-        names = ", ".join(p.name for p in paths)
-        self.query_one(EventsPanel).say(f"reports written to {paths[0].parent}: {names}", "cyan")
-        self.notify(f"{paths[0]} (+ {len(paths) - 1} more)", title="report written")
-
-    def action_toggle_log(self) -> None:
-        panel = self.query_one(LossPanel)
-        panel.log_scale = not panel.log_scale
-
-    def action_toggle_smooth(self) -> None:
-        panel = self.query_one(LossPanel)
-        panel.smooth = not panel.smooth
-
-    def action_help(self) -> None:
-        self.push_screen(HelpScreen())
-
-    @trains
-    def action_pick_model(self) -> None:
-        if self.following:
-            self.notify("this run was started elsewhere; start a new one with lsml-tui",
-                        severity="warning")
-            return
-        async def switch(model: str | None) -> None:
-            if not model:
-                return
-            fresh = {k: v for k, v in self.cfg.to_dict().items() if k not in MODEL_FIELDS}
-            await self.fresh_run(resolve(RunConfig(**{**fresh, "model": model})))
-        self.push_screen(ChoiceScreen("Restart with model", list(specs.MODEL_CONFIGS),
-                                      self.cfg.model), switch)
-
-    @trains
-    async def action_restart(self) -> None:
-        if self.following:
-            self.notify("this run was started elsewhere; start a new one with lsml-tui",
-                        severity="warning")
-            return
-        if self.bridge is not None and self.bridge.process.is_alive() and self.final is None:
-            self.notify("the trainer is running; press m to restart with another model")
-            return
-        await self.fresh_run(self.cfg)
 
     async def fresh_run(self, cfg: RunConfig) -> None:
         """Stop the trainer, rebuild the panels empty, start a new run of `cfg`."""

@@ -10,10 +10,11 @@ import sqlite3
 from pathlib import Path
 
 from lsml_tui.trainer import commands as C
-from lsml_tui.trainer.store import DB_NAME, FINAL, open_run, send_command
-
-from .bridge import ReplayBridge
-from .replay import merge_rows
+from lsml_tui.trainer.store.inbox import send_command
+from lsml_tui.trainer.store.reader import open_run
+from lsml_tui.trainer.store.schema import DB_NAME, FINAL
+from lsml_tui.tui.bridge import ReplayBridge
+from lsml_tui.tui.replay import merge_rows
 
 BATCH = 20_000          # rows of each table read per tick: a long run catches up in chunks
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from lsml_tui.trainer.config import ConfigError, suggest
-from lsml_tui.trainer.store import DB_NAME, LIVE, list_runs, open_run
+from lsml_tui.trainer.store.reader import list_runs, open_run
+from lsml_tui.trainer.store.schema import DB_NAME, LIVE
+from lsml_tui.trainer.validate import check_out_dir
 
 SUBCOMMANDS = ("report", "runs", "open")
 
@@ -27,8 +28,8 @@ def _run_dir(path: str) -> str:
     return path
 
 
-def _formats(text: str) -> list[str]:
-    from .report import FORMATS
+def parse_formats(text: str) -> list[str]:
+    from lsml_tui.tui.report import FORMATS
     names = [f.strip() for f in text.split(",") if f.strip()]
     for name in names:
         if name not in FORMATS:
@@ -49,14 +50,6 @@ def _tensorboard_installed() -> None:
         raise ConfigError(f"--format tensorboard needs the optional tensorboard package "
                           f"(cannot import {e.name or e}); install it with: "
                           f"pip install 'lsml-tui[tensorboard]'") from None
-
-
-def _writable_dir(path: str) -> str:
-    p = Path(path)
-    existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {path!r} cannot be written (nearest existing: {existing})")
-    return path
 
 
 def parser(prog: str, make) -> argparse.ArgumentParser:
@@ -81,11 +74,11 @@ def main(argv: list[str], prog: str, make) -> int:
     args = parser(prog, make).parse_args(argv)
     if args.command == "report":
         dirs = [_run_dir(d) for d in args.run_dirs]
-        formats = _formats(args.format)
-        out = _writable_dir(args.out) if args.out else None
+        formats = parse_formats(args.format)
+        out = check_out_dir(args.out) if args.out else None
         if "tensorboard" in formats:
             _tensorboard_installed()
-        from .report import write_reports
+        from lsml_tui.tui.report import write_reports
         for path in write_reports(dirs, formats, out):
             print(path)
         return 0
@@ -93,7 +86,7 @@ def main(argv: list[str], prog: str, make) -> int:
         if not Path(args.runs_dir).is_dir():
             raise ConfigError(f"--runs-dir {args.runs_dir!r} is not a directory")
         return print_runs(args.runs_dir)
-    from .app import LsmlApp
+    from lsml_tui.tui.app import LsmlApp
     run_dir = _run_dir(args.run_dir)
     with open_run(run_dir) as r:               # a run whose process died reads 'killed'
         live = r.info().status in LIVE

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from lsml_tui.trainer.config import FIELDS, RunConfig
 from lsml_tui.trainer.events import ClipEvent, StepMetrics, ValMetrics, event_from_payload
-from lsml_tui.trainer.store import open_run
-
-from .bridge import ReplayBridge
+from lsml_tui.trainer.store.reader import open_run
+from lsml_tui.tui.bridge import ReplayBridge
 
 CHUNK = 50_000          # events handed to the panels per tick
 

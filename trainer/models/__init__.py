@@ -1,4 +1,8 @@
-"""The four model families, built from a resolved run config and its task."""
+"""The model families (MLP, CNN, RNN, transformer, linear), one file each, and their
+normalization slots; built from a resolved run config and its task.
+
+May import torch and ``lsml_tui.trainer.specs``; nothing else of the trainer.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,13 @@ import dataclasses
 
 from torch import nn
 
-from .. import specs
-from .cnn import CNN
-from .linear import Linear
-from .mlp import MLP
-from .norms import NormSlot, set_norm
-from .rnn import RNN
-from .transformer import Transformer
+from lsml_tui.trainer import specs
+from lsml_tui.trainer.models.cnn import CNN
+from lsml_tui.trainer.models.linear import Linear
+from lsml_tui.trainer.models.mlp import MLP
+from lsml_tui.trainer.models.norms import NormSlot, set_norm
+from lsml_tui.trainer.models.rnn import RNN
+from lsml_tui.trainer.models.transformer import Transformer
 
 MODELS = {"mlp": MLP, "cnn": CNN, "rnn": RNN, "transformer": Transformer, "linear": Linear}
 

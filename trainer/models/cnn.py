@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..specs import CNNConfig
-from .norms import NormSlot
+from lsml_tui.trainer.models.norms import NormSlot
+from lsml_tui.trainer.specs import CNNConfig
 
 
 class ConvBlock(nn.Module):

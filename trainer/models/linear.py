@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..specs import LinearConfig
+from lsml_tui.trainer.specs import LinearConfig
 
 
 class Linear(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..specs import MLPConfig
-from .norms import NormSlot
+from lsml_tui.trainer.models.norms import NormSlot
+from lsml_tui.trainer.specs import MLPConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 

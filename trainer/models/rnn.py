@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..specs import RNNConfig
-from .norms import NormSlot
+from lsml_tui.trainer.models.norms import NormSlot
+from lsml_tui.trainer.specs import RNNConfig
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 

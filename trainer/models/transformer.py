@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..specs import TransformerConfig
-from .norms import NormSlot
+from lsml_tui.trainer.models.norms import NormSlot
+from lsml_tui.trainer.specs import TransformerConfig
 
 
 class CausalSelfAttention(nn.Module):

@@ -8,8 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from lsml_tui.trainer.events import DistSample
-
-from ..format import milliseconds, nbytes, si
+from lsml_tui.tui.format import milliseconds, nbytes, si
 
 BAR = 24                                    # characters of the longest rank's step
 PARTS = (("compute_s", "█", "green"), ("comm_s", "▓", "blue"), ("wait_s", "░", "yellow"))

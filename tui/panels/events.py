@@ -14,12 +14,9 @@ from rich.markup import escape
 from textual.widgets import RichLog
 
 from lsml_tui.trainer.events import (ClipEvent, CommandApplied, CommandRefused, Diverged,
-                                     NonFiniteGradients, OutOfMemory, RecordingProblem,
-                                     RunFailed, RunFinished, RunStarted, StepMetrics,
-                                     TraceCaptured)
-
-from ..format import describe
-
+                                     NonFiniteGradients, OutOfMemory, RecordingProblem, RunFailed,
+                                     RunFinished, RunStarted, StepMetrics, TraceCaptured)
+from lsml_tui.tui.format import describe
 
 STYLES = {RunStarted: "bold", CommandApplied: "green", CommandRefused: "yellow",
           NonFiniteGradients: "yellow", Diverged: "bold red", RunFailed: "bold red",

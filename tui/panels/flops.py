@@ -6,8 +6,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from lsml_tui.trainer.events import FlopTable, RunStarted, TimingSample
-
-from ..format import si
+from lsml_tui.tui.format import si
 
 
 class FlopsPanel(Vertical):

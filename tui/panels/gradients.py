@@ -9,8 +9,7 @@ from textual.containers import Vertical
 from textual_plotext import PlotextPlot
 
 from lsml_tui.trainer.events import ClipEvent, CommandApplied, LayerStats, StepMetrics
-
-from ..series import Series
+from lsml_tui.tui.series import Series
 
 
 class GradientsPanel(Vertical):

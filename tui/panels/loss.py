@@ -9,8 +9,7 @@ from textual_plotext import PlotextPlot
 
 from lsml_tui.trainer.commands import SWITCHES
 from lsml_tui.trainer.events import AveragedVal, CommandApplied, StepMetrics, ValMetrics
-
-from ..series import EMA, Series
+from lsml_tui.tui.series import EMA, Series
 
 AVERAGED_COLOR = "magenta+"     # the averaged weights' series, in this panel and the theory one
 

@@ -6,9 +6,8 @@ from textual.containers import Vertical
 from textual_plotext import PlotextPlot
 
 from lsml_tui.trainer.events import LayerStats, MemorySample
-
-from ..series import Series
-from ..format import nbytes
+from lsml_tui.tui.format import nbytes
+from lsml_tui.tui.series import Series
 
 PARTS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "saved_activation_bytes")
 LABELS = {"param_bytes": "params", "grad_bytes": "grads", "optimizer_state_bytes": "optimizer",

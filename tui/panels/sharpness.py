@@ -11,8 +11,7 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from lsml_tui.trainer.events import CommandApplied, SharpnessSample
-
-from ..series import Series
+from lsml_tui.tui.series import Series
 
 FORMULAS = {"sgd": "2/lr", "momentum": "(2+2b)/lr", "adam": "(2+2 beta1)/((1-beta1) lr)",
             "adamw": "(2+2 beta1)/((1-beta1) lr)"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from lsml_tui.trainer.events import (CommandApplied, Diverged, OutOfMemory, RunFailed,
-                                     RunFinished, RunStarted, StepMetrics)
+from lsml_tui.trainer.events import (CommandApplied, Diverged, OutOfMemory, RunFailed, RunFinished,
+                                     RunStarted, StepMetrics)
 
 
 class StatusLine(Static):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from textual.widgets import Static
 
 from lsml_tui.trainer.events import SystemSample, TimingSample
-
-from ..format import missing, nbytes, percent
+from lsml_tui.tui.format import missing, nbytes, percent
 
 
 class SystemPanel(Static):

@@ -14,9 +14,8 @@ from textual_plotext import PlotextPlot
 
 from lsml_tui.profilers.fit import fitted_rate
 from lsml_tui.trainer.events import TheoryInfo, TheorySample
-
-from ..series import Series
-from .loss import AVERAGED_COLOR
+from lsml_tui.tui.panels.loss import AVERAGED_COLOR
+from lsml_tui.tui.series import Series
 
 FIT_POINTS = 4096       # samples kept for the measured rate; beyond, every other one is dropped
 

@@ -7,6 +7,10 @@ reports go to ``<run_dir>/report.<ext>``; several runs make one comparison,
 beside it, ``<stem>-ranks.csv``: one row per sampled step and rank. ``tensorboard`` (the
 optional extra, never a default) writes one event file per run instead, never a comparison:
 into each run's own directory, or ``<out_dir>/<run id>/`` (tensorboard.py).
+
+May import the run store's reader, ``lsml_tui.trainer``'s torch-free modules,
+``lsml_tui.tui.series`` and ``format``, matplotlib (charts) and tensorboard (its extra);
+never the app or textual.
 """
 
 from __future__ import annotations
@@ -17,9 +21,8 @@ import json
 import time
 from pathlib import Path
 
-from lsml_tui.trainer.store import json_safe, write_atomic
-
-from .data import SCHEMA_VERSION, RunData, load_run, summarize
+from lsml_tui.trainer.store.schema import json_safe, write_atomic
+from lsml_tui.tui.report.data import SCHEMA_VERSION, RunData, load_run, summarize
 
 FORMATS = ("html", "md", "json", "csv", "tensorboard")
 DEFAULT_FORMATS = ("html", "md", "json", "csv")    # tensorboard needs lsml-tui[tensorboard]
@@ -72,7 +75,7 @@ def write_reports(run_dirs, formats=DEFAULT_FORMATS, out_dir=None) -> list[Path]
     dirs = [Path(d) for d in run_dirs]
     written = []
     if "tensorboard" in formats:        # streams each store itself: no run loaded for it
-        from .tensorboard import write_tensorboard
+        from lsml_tui.tui.report.tensorboard import write_tensorboard
         written += [write_tensorboard(d, out_dir) for d in dirs]
     formats = [f for f in formats if f != "tensorboard"]
     if not formats:
@@ -84,10 +87,10 @@ def write_reports(run_dirs, formats=DEFAULT_FORMATS, out_dir=None) -> list[Path]
     stem = "report" if len(runs) == 1 else f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     for fmt in formats:
         if fmt == "html":
-            from .html import render          # matplotlib: imported only when drawing
+            from lsml_tui.tui.report.html import render  # matplotlib: imported only when drawing
             text = render(runs, reports)
         elif fmt == "md":
-            from .markdown import render as render_md
+            from lsml_tui.tui.report.markdown import render as render_md
             text = render_md(reports)
         elif fmt == "json":
             text = to_json(reports)
@@ -101,4 +104,3 @@ def write_reports(run_dirs, formats=DEFAULT_FORMATS, out_dir=None) -> list[Path]
             write_atomic(out / f"{stem}-ranks.csv", ranks)
             written.append(out / f"{stem}-ranks.csv")
     return written
-

@@ -15,8 +15,8 @@ import re
 import matplotlib
 from matplotlib.figure import Figure
 
-from ..series import Series
-from .data import MEMORY_PARTS, RunData, rank_means, slowest_rank
+from lsml_tui.tui.report.data import MEMORY_PARTS, RunData, rank_means, slowest_rank
+from lsml_tui.tui.series import Series
 
 COLUMNS = 800               # points per series a chart draws at most (two per column)
 RC = {"svg.fonttype": "none", "svg.hashsalt": "lsml-tui", "font.size": 9,
@@ -28,7 +28,7 @@ LABELS = {"param_bytes": "parameters", "grad_bytes": "gradients",
           "optimizer_state_bytes": "optimizer state", "saved_activation_bytes": "activations"}
 
 
-def _styled(chart):
+def styled(chart):
     """Draw `chart` under the report's matplotlib settings, without touching the globals."""
     @functools.wraps(chart)
     def draw(*args):
@@ -41,12 +41,12 @@ def _nan_if_none(value) -> float:
     return math.nan if value is None else value
 
 
-def _figure(height: float = 3.2) -> tuple[Figure, object]:
+def new_figure(height: float = 3.2) -> tuple[Figure, object]:
     fig = Figure(figsize=(8, height), layout="constrained")
     return fig, fig.add_subplot()
 
 
-def _svg(fig: Figure) -> str:
+def svg_of(fig: Figure) -> str:
     """The figure as an <svg> element, ready to inline (no XML prolog, no metadata)."""
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata=NO_METADATA)
@@ -54,7 +54,7 @@ def _svg(fig: Figure) -> str:
     return re.sub(r"<metadata>.*?</metadata>", "", text[text.index("<svg"):], flags=re.S)
 
 
-def _decimated(xs, ys) -> tuple[list, list]:
+def decimated(xs, ys) -> tuple[list, list]:
     s = Series(recent=2 * COLUMNS, max_buckets=COLUMNS)
     for x, y in zip(xs, ys):
         s.append(x, y)
@@ -66,13 +66,13 @@ def _label(run: RunData, several: bool) -> str:
     return f"{i.id} ({i.optimizer}, norm {i.norm})" if several else "train"
 
 
-@_styled
+@styled
 def loss_chart(runs: list[RunData]) -> str:
     """Train (and validation) loss against step; switch markers for a single run."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     several = len(runs) > 1
     for run in runs:
-        line, = ax.plot(*_decimated(run.steps["step"], run.steps["loss"]), lw=1,
+        line, = ax.plot(*decimated(run.steps["step"], run.steps["loss"]), lw=1,
                         label=_label(run, several))
         if run.val["step"]:
             ax.plot(run.val["step"], run.val["loss"], "o--", ms=3, lw=1, color=line.get_color(),
@@ -92,19 +92,19 @@ def loss_chart(runs: list[RunData]) -> str:
         ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="loss", title="Loss")
     ax.legend(loc="upper right", fontsize=7)
-    return _svg(fig)
+    return svg_of(fig)
 
 
-@_styled
+@styled
 def grad_chart(runs: list[RunData]) -> str:
     """Global gradient norm before and after clipping, the threshold, clip events."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     several = len(runs) > 1
     for run in runs:
         label = _label(run, several) if several else "before clip"
-        line, = ax.plot(*_decimated(run.steps["step"], run.steps["grad_norm"]), lw=1, label=label)
+        line, = ax.plot(*decimated(run.steps["step"], run.steps["grad_norm"]), lw=1, label=label)
         if not several:
-            ax.plot(*_decimated(run.steps["step"], run.steps["grad_norm_clipped"]), lw=1,
+            ax.plot(*decimated(run.steps["step"], run.steps["grad_norm_clipped"]), lw=1,
                     label="after clip")
             if run.clips["step"]:
                 ax.scatter(run.clips["step"], run.clips["grad_norm"], s=4, color="tab:red",
@@ -114,15 +114,15 @@ def grad_chart(runs: list[RunData]) -> str:
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="L2 norm", title="Gradient norm")
     ax.legend(loc="upper right", fontsize=7)
-    return _svg(fig)
+    return svg_of(fig)
 
 
-@_styled
+@styled
 def saved_bytes_chart(run: RunData) -> str:
     """Bytes autograd saved for backward, per module, at the latest sample."""
     layers = run.latest("LayerStats")
     saved = layers["saved_bytes"] if layers else {}
-    fig, ax = _figure(max(2.0, 0.22 * len(saved) + 1.0))
+    fig, ax = new_figure(max(2.0, 0.22 * len(saved) + 1.0))
     names = list(saved)
     ax.barh(names, [saved[n] / 2**20 for n in names], color="tab:purple")
     ax.invert_yaxis()                                # module order, top to bottom
@@ -130,28 +130,28 @@ def saved_bytes_chart(run: RunData) -> str:
            title=f"Saved activations per module (step {layers['step']})" if layers else
            "Saved activations per module")
     ax.tick_params(axis="y", labelsize=7)
-    return _svg(fig)
+    return svg_of(fig)
 
 
-@_styled
+@styled
 def memory_chart(run: RunData) -> str:
     """Parameters, gradients, optimizer state and activations over the run."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     samples = run.samples["MemorySample"]
     steps = [m["step"] for m in samples]
     ax.stackplot(steps, *[[m[p] / 2**20 for m in samples] for p in MEMORY_PARTS],
                  labels=[LABELS[p] for p in MEMORY_PARTS], alpha=0.85)
     ax.set(xlabel="step", ylabel="MiB", title="Memory breakdown")
     ax.legend(loc="upper left", fontsize=7)
-    return _svg(fig)
+    return svg_of(fig)
 
 
-@_styled
+@styled
 def flops_chart(run: RunData) -> str:
     """FLOPs per module, forward and backward, for one step."""
     table = run.latest("FlopTable")
     rows = list(table["per_module"].items()) if table else []
-    fig, ax = _figure(max(2.0, 0.3 * len(rows) + 1.0))
+    fig, ax = new_figure(max(2.0, 0.3 * len(rows) + 1.0))
     names = [n for n, _ in rows]
     ys = range(len(rows))
     ax.barh([y - 0.2 for y in ys], [f / 1e6 for _, (f, _b) in rows], height=0.4, label="forward")
@@ -160,14 +160,14 @@ def flops_chart(run: RunData) -> str:
     ax.invert_yaxis()
     ax.set(xlabel="MFLOPs per step", title="FLOPs per module")
     ax.legend(loc="lower right", fontsize=7)
-    return _svg(fig)
+    return svg_of(fig)
 
 
-@_styled
+@styled
 def phases_chart(run: RunData) -> str:
     """Step time split into data, forward, backward and optimizer, per sampled step."""
     samples = run.samples["TimingSample"]
-    fig, ax = _figure()
+    fig, ax = new_figure()
     phases = list(samples[0]["phases"]) if samples else []
     steps = [str(s["step"]) for s in samples]
     bottom = [0.0] * len(samples)
@@ -179,14 +179,14 @@ def phases_chart(run: RunData) -> str:
         ax.set_xticks(steps[:: len(steps) // 12 + 1])
     ax.set(xlabel="sampled step", ylabel="ms", title="Step time by phase")
     ax.legend(loc="upper right", fontsize=7)
-    return _svg(fig)
+    return svg_of(fig)
 
 
-@_styled
+@styled
 def system_chart(run: RunData) -> str:
     """CPU % and the trainer's resident memory over the run."""
     samples = run.samples["SystemSample"]
-    fig, ax = _figure()
+    fig, ax = new_figure()
     steps = [s["step"] for s in samples]
     ax.plot(steps, [_nan_if_none(s["sample"].get("cpu_percent")) for s in samples], label="CPU %")
     ax.plot(steps, [_nan_if_none(s["sample"].get("process_cpu_percent")) for s in samples],
@@ -202,10 +202,10 @@ def system_chart(run: RunData) -> str:
     rss.set_ylabel("trainer RSS (MiB)")
     rss.ticklabel_format(axis="y", useOffset=False)
     ax.legend(loc="upper left", fontsize=7)
-    return _svg(fig)
+    return svg_of(fig)
 
 
-@_styled
+@styled
 def ranks_chart(runs: list[RunData]) -> str:
     """Per rank, mean compute, comm and wait per sampled step, stacked: one bar per rank."""
     several = len(runs) > 1
@@ -218,7 +218,7 @@ def ranks_chart(runs: list[RunData]) -> str:
             if several:
                 label = f"{run.info.id} ({samples[-1]['sync']}), {label}"
             bars.append((label, k, k["rank"] == slowest))
-    fig, ax = _figure(max(2.0, 0.35 * len(bars) + 1.2))
+    fig, ax = new_figure(max(2.0, 0.35 * len(bars) + 1.2))
     ys = range(len(bars))
     left = [0.0] * len(bars)
     for key, name, color in RANK_PARTS:
@@ -235,7 +235,7 @@ def ranks_chart(runs: list[RunData]) -> str:
            title="Time per rank: compute, comm, wait" + (
                "" if several else f" ({len(runs[0].samples['DistSample'])} sampled steps)"))
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)   # beside the bars
-    return _svg(fig)
+    return svg_of(fig)
 
 
 def _gpu(sample: dict, index: int) -> dict:

@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 
 from lsml_tui.trainer.commands import SWITCHES
 from lsml_tui.trainer.events import event_from_payload
-from lsml_tui.trainer.store import LIVE, RunInfo, open_run
-
-from ..format import describe
-from .measures import noise_summary, sharpness_summary
-from .theory import theory_summary
+from lsml_tui.trainer.store.reader import RunInfo, open_run
+from lsml_tui.trainer.store.schema import LIVE
+from lsml_tui.tui.format import describe
+from lsml_tui.tui.report.measures import noise_summary, sharpness_summary
+from lsml_tui.tui.report.theory import theory_summary
 
 # Adding an optional key is backward compatible (a reader of version 1 ignores what it does
 # not know), so "distributed" (null for a single-process run) and "theory" (null unless

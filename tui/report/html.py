@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from html import escape
 
-from .charts import charts
-from .data import RunData
-from .measures import sections
-from .tables import mode as _mode
-from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
-                     distributed_summary_rows, flops_rows, summary_rows)
-from .theory import theory_notes, theory_rows
-from .theory_charts import distance_chart, noise_chart, sharpness_chart
+from lsml_tui.tui.report.charts import charts
+from lsml_tui.tui.report.data import RunData
+from lsml_tui.tui.report.measures import sections
+from lsml_tui.tui.report.tables import (RANK_HEADER, comparison_rows, config_rows,
+                                        distributed_rows, distributed_summary_rows, flops_rows,
+                                        summary_rows)
+from lsml_tui.tui.report.tables import mode as _mode
+from lsml_tui.tui.report.theory import theory_notes, theory_rows
+from lsml_tui.tui.report.theory_charts import distance_chart, noise_chart, sharpness_chart
 
 MEASURE_CHARTS = {"SharpnessSample": sharpness_chart, "NoiseSample": noise_chart}
 

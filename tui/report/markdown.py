@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..format import milliseconds, nbytes
-from .tables import mode
-from .tables import (RANK_HEADER, comparison_rows, config_rows, distributed_rows,
-                     distributed_summary_rows, flops_rows, summary_rows)
-from .measures import sections
-from .theory import theory_notes, theory_rows
+from lsml_tui.tui.format import milliseconds, nbytes
+from lsml_tui.tui.report.measures import sections
+from lsml_tui.tui.report.tables import (RANK_HEADER, comparison_rows, config_rows,
+                                        distributed_rows, distributed_summary_rows, flops_rows,
+                                        mode, summary_rows)
+from lsml_tui.tui.report.theory import theory_notes, theory_rows
 
 
 def _cell(value) -> str:

@@ -9,8 +9,7 @@ import math
 import statistics
 
 from lsml_tui.profilers.noise import batch_tradeoff
-
-from ..format import missing
+from lsml_tui.tui.format import missing
 
 SHARPNESS_NOTE = ("Sharpness: the top Hessian eigenvalue on a fixed batch (of P^-1/2 H P^-1/2 "
                   "with Adam's preconditioner P for Adam/AdamW), by power iteration. A step is "

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..format import milliseconds, missing, nbytes, si
-from .theory import rate
+from lsml_tui.tui.format import milliseconds, missing, nbytes, si
+from lsml_tui.tui.report.theory import rate
 
 # sync -> (bytes each rank sends, bytes through the busiest link): the formulas
 # profilers/comm.py's wire_bytes computes, for a gradient payload of M bytes on N ranks

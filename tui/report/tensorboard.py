@@ -24,9 +24,9 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.text.summary_v2 import text_pb
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from lsml_tui.trainer.store import LIVE, RunInfo, RunReader, open_run
-
-from .data import timeline_entry
+from lsml_tui.trainer.store.reader import RunInfo, RunReader, open_run
+from lsml_tui.trainer.store.schema import LIVE
+from lsml_tui.tui.report.data import timeline_entry
 
 SUFFIX = ".lsml-tui"        # marks the files we write: a re-export replaces ours, nobody else's
 STEP_TAGS = {               # steps table column -> tag (the table's column order)

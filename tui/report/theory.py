@@ -7,7 +7,7 @@ measured figures null. Every other model's block is null. No torch or matplotlib
 
 from __future__ import annotations
 
-from ..format import missing
+from lsml_tui.tui.format import missing
 
 CLIP_NOTE = "clipping is outside the theory: rerun with --clip off"
 RATE_NOTE = ("Rate: the per-step factor of ||w - w*||; theory's is the full-batch map's "

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 
-from .charts import _decimated, _figure, _styled, _svg
-from .data import RunData
+from lsml_tui.tui.report.charts import decimated, new_figure, styled, svg_of
+from lsml_tui.tui.report.data import RunData
 
 
-def _predicted(info: dict, end: int, lo: float, hi: float) -> tuple[list, list]:
+def predicted(info: dict, end: int, lo: float, hi: float) -> tuple[list, list]:
     """Theory's line from a TheoryInfo's step to `end`: distance * rate ** (t - step), the
     part within [lo, hi] (a straight line on a log axis, so its two ends draw it)."""
     rate, start, d0 = info["rate_theory"], info["step"], info["distance"]
@@ -21,21 +21,21 @@ def _predicted(info: dict, end: int, lo: float, hi: float) -> tuple[list, list]:
     return ([inside[0][0], inside[-1][0]], [inside[0][1], inside[-1][1]]) if inside else ([], [])
 
 
-@_styled
+@styled
 def distance_chart(run: RunData) -> str:
     """--model linear: ||w - w*|| against step on a log axis (and ||w_avg - w*|| with
     --average), theory's line dashed from each TheoryInfo to the next, and the noise ball's
     sqrt(E||w - w*||^2) when there is one."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     samples, infos = run.samples["TheorySample"], run.samples["TheoryInfo"]
     steps = [s["step"] for s in samples]
     dist = [s["distance"] if s["distance"] > 0 else math.nan for s in samples]
-    ax.plot(*_decimated(steps, dist), lw=1, label="measured ||w - w*||")
+    ax.plot(*decimated(steps, dist), lw=1, label="measured ||w - w*||")
     averaged = [(s["step"], s["distance_averaged"]) for s in samples
                 if s.get("distance_averaged") is not None]          # --average
     avg = [d if d > 0 else math.nan for _, d in averaged]
     if averaged:
-        ax.plot(*_decimated([t for t, _ in averaged], avg), lw=1, color="tab:purple",
+        ax.plot(*decimated([t for t, _ in averaged], avg), lw=1, color="tab:purple",
                 label="averaged ||w_avg - w*||")
     seen = [d for d in dist + avg if math.isfinite(d)]
     lo, hi = (min(seen) / 10, max(seen) * 10) if seen else (1e-12, 1e3)
@@ -44,7 +44,7 @@ def distance_chart(run: RunData) -> str:
               "ball": "noise ball sqrt(E||w - w*||²), theory"}      # on the first of each
     for info, nxt in zip(infos, [*infos[1:], None]):
         end = nxt["step"] if nxt else last
-        xs, ys = _predicted(info, end, lo, hi)
+        xs, ys = predicted(info, end, lo, hi)
         if xs:
             ax.plot(xs, ys, color="tab:orange", lw=1, ls="--", label=labels.pop("line", None))
         if info["noise_ball"]:
@@ -53,13 +53,13 @@ def distance_chart(run: RunData) -> str:
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="||w - w*||", title="Distance to w*")
     ax.legend(loc="upper right", fontsize=7)
-    return _svg(fig)
+    return svg_of(fig)
 
 
-@_styled
+@styled
 def sharpness_chart(run: RunData) -> str:
     """--sharpness-every: the measured sharpness and the limit each measurement recorded."""
-    fig, ax = _figure(2.8)
+    fig, ax = new_figure(2.8)
     samples = run.samples["SharpnessSample"]
     steps = [s["step"] for s in samples]
     ax.plot(steps, [s["sharpness"] for s in samples], "o-", ms=3, lw=1, color="tab:blue",
@@ -70,13 +70,13 @@ def sharpness_chart(run: RunData) -> str:
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="top Hessian eigenvalue", title="Sharpness against its limit")
     ax.legend(loc="lower right", fontsize=7)
-    return _svg(fig)
+    return svg_of(fig)
 
 
-@_styled
+@styled
 def noise_chart(run: RunData) -> str:
     """--noise-scale-every: B_simple over the run, the batch size in use as a line."""
-    fig, ax = _figure(2.8)
+    fig, ax = new_figure(2.8)
     samples = [s for s in run.samples["NoiseSample"] if s["noise_scale"] is not None]
     ax.plot([s["step"] for s in samples], [s["noise_scale"] for s in samples], "o-", ms=3, lw=1,
             color="tab:green", label="B_simple = tr(Σ)/|G|²")
@@ -85,4 +85,4 @@ def noise_chart(run: RunData) -> str:
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="examples", title="Gradient noise scale against the batch")
     ax.legend(loc="lower right", fontsize=7)
-    return _svg(fig)
+    return svg_of(fig)

@@ -10,8 +10,7 @@ import time
 import torch
 
 from lsml_tui.profilers.noise import NoiseScale, chunk_norms, parts_for
-
-from .events import NoiseSample
+from lsml_tui.trainer.events import NoiseSample
 
 
 class NoiseWatch:

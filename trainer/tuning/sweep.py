@@ -1,11 +1,8 @@
-"""Hyperparameter sweeps on Optuna: the search space, the objective, the worker processes.
+"""Hyperparameter sweeps on Optuna: the objective, the trials' runs, the worker processes.
 
 A trial is an ordinary run in the run store (``runs/<id>-t<trial>/``), trained in this
-process or in one of ``--jobs`` spawned workers. The study lives in an Optuna journal
-file beside the runs (``runs/sweep-<study>/journal.log``): several processes share it
-through its file lock (Optuna advises against SQLite for parallel optimization), a sweep
-started again with the same flags continues it, and ``optuna.load_study`` reads it.
-The space and its checks are sweep_space.py. No torch here until a trial trains.
+process or in one of ``--jobs`` spawned workers, all on one study (study.py). The space
+and its checks are space.py. No torch here until a trial trains.
 """
 
 from __future__ import annotations
@@ -14,73 +11,14 @@ import math
 import os
 import signal
 import sys
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
-from .config import ConfigError, RunConfig
-from .sweep_space import Param, show, trial_config
-from .worker import on_parent_exit
-
-SAMPLERS = ("tpe", "random", "grid")
-METRICS = ("val_loss", "min_val_loss")  # minimized: the last validation loss, or the lowest
-
-
-# -- the study ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """Everything a sweep process needs (picklable: it goes to the spawned workers)."""
-    base: dict                  # run-config values from the flags and --config, no defaults
-    space: tuple[Param, ...]
-    study: str
-    storage: str                # the journal file
-    sampler: str = "tpe"
-    metric: str = "val_loss"
-    prune: bool = True
-    prune_startup: int = 5      # completed trials before the median pruner acts
-    prune_warmup: int = 0       # steps of each trial before it can be pruned
-    seed: int = 0
-
-
-def storage(path: str | os.PathLike):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def sampler(sweep: Sweep, seed: int):
-    if sweep.sampler == "grid":     # every process must shuffle the grid alike: grid ids index it
-        return optuna.samplers.GridSampler({p.name: list(p.choices) for p in sweep.space}, seed=0)
-    if sweep.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():     # experimental before Optuna 5, its default since
-        warnings.simplefilter("ignore")
-        # several workers: a running trial counts as a bad one, so they spread out
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-
-
-def pruner(sweep: Sweep):
-    if not sweep.prune:
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=sweep.prune_startup,
-                                       n_warmup_steps=sweep.prune_warmup)
-
-
-def load(sweep: Sweep, seed: int = 0):
-    return optuna.load_study(study_name=sweep.study, storage=storage(sweep.storage),
-                             sampler=sampler(sweep, seed), pruner=pruner(sweep))
-
-
-def process_seed(sweep: Sweep, done: int, index: int) -> int:
-    """Reproducible for a new sweep, different for each worker and for a resumed sweep
-    (the same seed would draw the first trials' points again)."""
-    import numpy as np
-    return int(np.random.SeedSequence([sweep.seed, done, index]).generate_state(1)[0])
-
+from lsml_tui.trainer.config import ConfigError, RunConfig
+from lsml_tui.trainer.tuning.space import trial_config
+from lsml_tui.trainer.tuning.study import Sweep, describe, load, process_seed, storage
+from lsml_tui.trainer.worker import on_parent_exit
 
 # -- running trials ---------------------------------------------------------
 
@@ -196,23 +134,6 @@ class TrialFailed(Exception):
     """A trial whose run failed or whose point makes a bad config: the sweep goes on."""
 
 
-def describe(trial, metric: str) -> str:
-    """One line per trial: its number, how it ended, its point, its score and its run."""
-    point = " ".join(f"{k}={show(v)}" for k, v in trial.params.items())
-    attrs = trial.user_attrs
-    state = trial.state.name.lower()
-    if state == "complete":
-        state = attrs.get("status", "finished")
-        if trial.value is not None and math.isfinite(trial.value):
-            state += f", {metric} {trial.value:.4g}"
-    elif state == "pruned":
-        state += f" after step {attrs.get('steps', '?')}"
-    elif state == "fail":
-        state = f"failed: {attrs.get('error', 'see its run')}"
-    run = f"; run {attrs['run_dir']}" if "run_dir" in attrs else ""
-    return f"trial {trial.number} {state}: {point}{run}"
-
-
 class PruneWatch:
     """A trial's event sink: each validation loss goes to the trial and, when the median
     pruner says so, the trainer is told to stop (a command, applied before the next step)."""
@@ -224,8 +145,8 @@ class PruneWatch:
         self.pruned = False
 
     def __call__(self, batch: tuple) -> None:
-        from .commands import Stop
-        from .events import ValMetrics
+        from lsml_tui.trainer.commands import Stop
+        from lsml_tui.trainer.events import ValMetrics
         for event in batch:
             if not isinstance(event, ValMetrics) or self.pruned:
                 continue
@@ -270,9 +191,9 @@ def train(sweep: Sweep, trial, cfg: RunConfig) -> tuple[str, dict, list[float]]:
     """The trial's run, stored like any headless run, with the study and trial in its
     summary; return its status (``pruned`` when the pruner stopped it), its summary and its
     validation losses. A signal before training starts records it as interrupted."""
-    from .config import to_toml
-    from .loop import Trainer
-    from .store import RunStore, new_run_id
+    from lsml_tui.trainer.config import to_toml
+    from lsml_tui.trainer.loop import Trainer
+    from lsml_tui.trainer.store.writer import RunStore, new_run_id
     run_dir = Path(cfg.runs_dir) / f"{new_run_id(cfg.model)}-t{trial.number}"
     trial.set_user_attr("run_id", run_dir.name)
     trial.set_user_attr("run_dir", str(run_dir))

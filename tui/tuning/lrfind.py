@@ -18,15 +18,17 @@ import shutil
 import sys
 from pathlib import Path
 
-from lsml_tui.trainer.config import ConfigError, check_runs_dir, to_toml
-from lsml_tui.trainer.lr_find import MAX_LR, MIN_LR, NUM_STEPS, RULES, check
+from lsml_tui.trainer.config import ConfigError, to_toml
+from lsml_tui.trainer.tuning.lr_find import MAX_LR, MIN_LR, NUM_STEPS, RULES, check
+from lsml_tui.trainer.store.schema import json_safe, write_atomic
+from lsml_tui.trainer.validate import check_out_dir, check_runs_dir
+from lsml_tui.tui.flags import add_run_flags, config_from_args
 
 FILES = ("lr_find.json", "lr_find.md", "lr_find.svg", "config.toml")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def parser(prog: str, make) -> argparse.ArgumentParser:
-    from .cli import add_run_flags
     p = make(prog=prog, argument_default=argparse.SUPPRESS, description="The learning-rate "
              "range test (Smith 2017): a fresh model trains one step per lr on an exponential "
              "ramp, stopping once the smoothed loss passes 4x its best; prints the loss "
@@ -59,15 +61,13 @@ def _number(args, name: str, kind, default):
 def _out_dir(args, cfg) -> Path:
     """Where the report goes; refused now if it cannot be written."""
     if "out" not in args:
-        from lsml_tui.trainer.store import new_run_id
+        from lsml_tui.trainer.store.writer import new_run_id
         check_runs_dir(cfg.runs_dir)
         return Path(cfg.runs_dir) / f"lr-find-{new_run_id(cfg.model)}"
-    from .history import _writable_dir
-    return Path(_writable_dir(args.out))
+    return Path(check_out_dir(args.out))
 
 
 def main(argv: list[str], prog: str, make) -> int:
-    from .cli import config_from_args
     args = parser(prog, make).parse_args(argv)
     min_lr = _number(args, "min_lr", float, MIN_LR)
     max_lr = _number(args, "max_lr", float, MAX_LR)
@@ -79,9 +79,10 @@ def main(argv: list[str], prog: str, make) -> int:
     if "parent_pid" in args:        # started by the dashboard: end with it, even if killed
         from lsml_tui.trainer.worker import on_parent_exit
         on_parent_exit(lambda: os._exit(1), _number(args, "parent_pid", int, None), 0.25)
-    from lsml_tui.trainer.lr_find import range_test     # (torch is imported as it runs)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from lsml_tui.trainer.tuning.lr_find import range_test  # (torch is imported as it runs)
     console = Console(stderr=True)
     bar = Progress(TextColumn("[bold]lr-find"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("lr {task.fields[lr]:.3g}  loss {task.fields[loss]:.4g}"),
@@ -117,7 +118,6 @@ def main(argv: list[str], prog: str, make) -> int:
 
 
 def as_json(result, report: Path | None = None) -> dict:
-    from lsml_tui.trainer.store import json_safe
     return json_safe({**result.to_dict(), "report_dir": str(report) if report else None})
 
 
@@ -168,11 +168,11 @@ def plot_text(r, width: int, height: int) -> str:
 
 def chart_svg(r) -> str:
     """The report's chart: matplotlib, inline SVG, in the report charts' style."""
-    from .report.charts import _figure, _styled, _svg
+    from lsml_tui.tui.report.charts import new_figure, styled, svg_of
 
-    @_styled
+    @styled
     def chart():
-        fig, ax = _figure(3.6)
+        fig, ax = new_figure(3.6)
         ax.plot(r.lrs, r.losses, lw=0.8, color="tab:gray", alpha=0.7, label="loss")
         ax.plot(r.lrs, r.smoothed, lw=1.4, color="tab:blue",
                 label=f"smoothed (EMA, beta {r.beta:g}, bias-corrected)")
@@ -187,7 +187,7 @@ def chart_svg(r) -> str:
         ax.set(xlabel="learning rate", ylabel="training loss",
                title=f"Learning-rate range test: {r.model}, {r.optimizer}, norm {r.norm}")
         ax.legend(loc="upper left", fontsize=7)
-        return _svg(fig)
+        return svg_of(fig)
     return chart()
 
 
@@ -217,7 +217,6 @@ def markdown(r, files: dict) -> str:
 
 def write_report(r, cfg, out: Path) -> Path:
     """Chart, Markdown, JSON and the config into `out`, each written whole or not at all."""
-    from lsml_tui.trainer.store import write_atomic
     out.mkdir(parents=True, exist_ok=True)
     names = dict(zip(("json", "md", "svg", "toml"), FILES))
     write_atomic(out / names["svg"], chart_svg(r))

@@ -25,11 +25,11 @@ from textual.widgets import Label, Static
 from textual_plotext import PlotextPlot
 
 from lsml_tui.trainer import commands as C
-from lsml_tui.trainer.config import ConfigError, RunConfig, check_lr, resolve, to_toml
-from lsml_tui.trainer.lr_find import RangeTest
-
-from .lrfind import draw, summary_line
-from .panels import EventsPanel, StatusLine
+from lsml_tui.trainer.config import ConfigError, RunConfig, to_toml
+from lsml_tui.trainer.tuning.lr_find import RangeTest
+from lsml_tui.trainer.validate import check_lr, resolve
+from lsml_tui.tui.panels import EventsPanel, StatusLine
+from lsml_tui.tui.tuning.lrfind import draw, summary_line
 
 OPTIMIZER_FIELDS = ("lr", "weight_decay", "momentum", "beta1", "beta2", "svrg_every")
 

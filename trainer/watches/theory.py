@@ -11,8 +11,7 @@ import torch
 
 from lsml_tui.profilers import theory
 from lsml_tui.profilers.fit import fitted_rate
-
-from .events import TheoryInfo
+from lsml_tui.trainer.events import TheoryInfo
 
 
 class TheoryWatch:

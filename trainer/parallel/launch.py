@@ -15,16 +15,16 @@ import threading
 import traceback
 from pathlib import Path
 
-from . import commands as C
-from .config import ConfigError, RunConfig, to_toml
-from .store import RunStore, mark_failed, new_run_id
+from lsml_tui.trainer import commands as C
+from lsml_tui.trainer.config import ConfigError, RunConfig, to_toml
+from lsml_tui.trainer.store.writer import RunStore, mark_failed, new_run_id
 
 
 def preflight(cfg: RunConfig) -> None:
     """Refuse what this machine lacks before anything starts: the device, the math mode,
     a GPU per CUDA rank (imports torch; raises ConfigError)."""
-    from .loop import resolve_device
-    from .precision import resolve_mode
+    from lsml_tui.trainer.device import resolve_device
+    from lsml_tui.trainer.precision import resolve_mode
     resolve_mode(cfg.precision, resolve_device(cfg.device))
     check_workers(cfg)
 
@@ -34,7 +34,8 @@ def check_workers(cfg: RunConfig) -> None:
     if cfg.workers < 2:
         return
     import torch
-    from .loop import resolve_device
+
+    from lsml_tui.trainer.device import resolve_device
     device = resolve_device(cfg.device)
     gpus = torch.cuda.device_count()
     if device.type == "cuda" and cfg.workers > gpus:
@@ -58,8 +59,8 @@ def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
 
     `launched`: started by our elastic launcher (rank_main), whose SIGTERM means it is
     shutting down."""
-    from .distributed import join
-    from .loop import Trainer
+    from lsml_tui.trainer.loop import Trainer
+    from lsml_tui.trainer.parallel.ddp import join
 
     cfg = RunConfig(**config)
     dp = join(cfg)

@@ -43,7 +43,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-from .config import ConfigError, RunConfig
+from lsml_tui.trainer.config import ConfigError, RunConfig
 
 MIN_LR, MAX_LR, NUM_STEPS = 1e-7, 10.0, 100     # fastai's defaults (Lightning's: 1e-8, 1, 100)
 MIN_STEPS = 5                   # fewer leave nothing for the rule after its window
@@ -172,9 +172,9 @@ def range_test(cfg: RunConfig, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
     sets the lr itself each step and ends on its own rule: a blow-up or a NaN ends it, it
     never pauses. `progress(i, lr, loss)` is told of each step recorded."""
     check(min_lr, max_lr, num_steps, rule)
-    from .events import Diverged, NonFiniteGradients, StepMetrics
-    from .loop import Trainer
-    from .recovery import is_out_of_memory
+    from lsml_tui.trainer.events import Diverged, NonFiniteGradients, StepMetrics
+    from lsml_tui.trainer.loop import Trainer
+    from lsml_tui.trainer.recovery import is_out_of_memory
 
     events: list = []
     trainer = Trainer(ramp_config(cfg, num_steps), sink=events.extend, late_readback=False)

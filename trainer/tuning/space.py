@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import FIELDS, ConfigError, RunConfig, flag, parse_value, resolve, suggest
+import tomllib
+
+from lsml_tui.trainer.config import FIELDS, ConfigError, RunConfig, flag, parse_value, suggest
+from lsml_tui.trainer.validate import resolve
 
 NUMERIC = ("int", "float", "clip")      # field kinds a range can cover
 NOT_SEARCHED = {"runs_dir": "a sweep's runs stay in one runs dir",

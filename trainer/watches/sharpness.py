@@ -9,8 +9,7 @@ import time
 import torch
 
 from lsml_tui.profilers import sharpness
-
-from .events import SharpnessSample
+from lsml_tui.trainer.events import SharpnessSample
 
 ADAM = ("adam", "adamw")        # measured preconditioned, against Adam's own limit
 

@@ -8,9 +8,9 @@
 - bf16, powersgd: DDP's own compression hooks (bf16 all-reduce; PowerSGD, rank 1).
 """
 
-import time           # no `from __future__ import annotations`: DDP checks the hook's
-                      # annotations as objects (bucket: dist.GradBucket)
+import time  # no `from __future__ import annotations`: DDP checks the hook's
 
+# annotations as objects (bucket: dist.GradBucket)
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook

@@ -1,11 +1,8 @@
-"""Data parallel on torch.distributed: who this rank is, the process group, DDP, and the
-per-step exchange that keeps every replica applying the same commands at the same step.
+"""Data parallel on torch.distributed: the process group, DDP, and the per-step exchange
+that keeps every replica applying the same commands at the same step.
 
-``Alone`` is a single process: every method is what the plain loop would do.
-``DataParallel`` is one rank of N. The loop calls the same five methods on either:
-``wrap`` (the model), ``begin`` (a step), ``before_backward`` (an injected straggler
-delay), ``read_back`` (the loss and gradient norm, as one collective on N ranks) and
-``end_step`` (on sampled steps, every rank's timings gathered on rank 0).
+``DataParallel`` is one rank of N; it answers the loop's calls as ``Alone`` (world.py)
+does for one process, with collectives where the ranks must agree.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ import pickle
 import queue
 import random
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -23,35 +19,15 @@ import torch.distributed as dist
 
 from lsml_tui.profilers import comm
 from lsml_tui.profilers.noise import NoiseScale
-
-from .config import parse_straggle
-from .events import DistSample
-from .sync import CommTimer, hook_for
-
-IDLE_POLL = 0.5             # seconds between exchanges while the run is paused
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int
-    size: int
-    local_rank: int
-    local_size: int
-
-
-def world_from_env() -> World | None:
-    """The group torchrun (or our own launcher) started this process in, if any."""
-    env = os.environ
-    if "RANK" not in env or "WORLD_SIZE" not in env:
-        return None
-    size = int(env["WORLD_SIZE"])
-    return World(int(env["RANK"]), size, int(env.get("LOCAL_RANK", env["RANK"])),
-                 int(env.get("LOCAL_WORLD_SIZE", size)))
+from lsml_tui.trainer.device import resolve_device
+from lsml_tui.trainer.events import DistSample
+from lsml_tui.trainer.parallel.hooks import CommTimer, hook_for
+from lsml_tui.trainer.parallel.world import Alone, World, data_seed, fingerprint, world_from_env
+from lsml_tui.trainer.validate import parse_straggle
 
 
 def join(cfg) -> "DataParallel":
     """This process's rank of the group its environment names, on its device, started."""
-    from .loop import resolve_device
     world = world_from_env()
     device = resolve_device(cfg.device)
     if device.type == "cuda":                   # one GPU per rank on each machine
@@ -60,67 +36,6 @@ def join(cfg) -> "DataParallel":
     dp = DataParallel(world, cfg, device)
     dp.start()
     return dp
-
-
-def fingerprint(params) -> float:
-    """A float64 sum of every weight: replicas that are bit-identical agree exactly."""
-    with torch.no_grad():
-        return float(sum(p.detach().double().sum() for p in params))
-
-
-def data_seed(seed: int, rank: int) -> int:
-    """Each rank draws its own batches; rank 0 draws what a single process would."""
-    return seed + 10_007 * rank
-
-
-class Alone:
-    """One process: no collectives, commands straight from the queue."""
-
-    rank, size, recorder = 0, 1, True
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
-
-    def begin(self, step: int, sampled: bool) -> None:
-        pass
-
-    def before_backward(self) -> None:
-        pass
-
-    def read_back(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float]:
-        # One read-back per step (a device sync on GPU).
-        loss_v, norm_v = torch.stack([loss.detach().float(), norm.float()]).tolist()
-        return loss_v, norm_v
-
-    def end_step(self, trainer) -> None:
-        pass
-
-    def attach(self, pending: queue.SimpleQueue) -> None:
-        pass
-
-    def finish(self, trainer) -> None:
-        """The run ended cleanly on every rank: compare the replicas once more."""
-
-    def commands(self, inbox: queue.SimpleQueue, wait: bool, flush) -> list:
-        """Commands to apply before the next step; `wait` blocks a while for one (paused)."""
-        out = []
-        if wait:
-            flush()                                     # the UI sees 'paused' before we wait
-            try:
-                out.append(inbox.get(timeout=IDLE_POLL))
-            except queue.Empty:
-                return out
-        while True:
-            try:
-                out.append(inbox.get_nowait())
-            except queue.Empty:
-                return out
-
-    def summary(self) -> dict:
-        return {"world_size": 1}
-
-    def close(self) -> None:
-        pass
 
 
 class DataParallel(Alone):
@@ -224,7 +139,7 @@ class DataParallel(Alone):
         dist.all_gather(rows, mine)
         if self.recorder:
             table = [dict(zip(comm.FIELDS, r.tolist())) for r in rows]
-            trainer._emit_sample(self._sample(trainer, table))
+            trainer.emit_sample(self._sample(trainer, table))
 
     def finish(self, trainer) -> None:
         mine = torch.tensor([fingerprint(trainer.params)], dtype=torch.float64, device=self.device)

@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_m
 
 
 def parse_average(text: str) -> tuple[str, float | None]:
-    """'polyak' -> ('polyak', None); 'ema:0.99' -> ('ema', 0.99). Validated in config.py."""
+    """'polyak' -> ('polyak', None); 'ema:0.99' -> ('ema', 0.99). Validated in validate.py."""
     kind, _, decay = text.partition(":")
     return kind, float(decay) if decay else None
 

@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
-import math
 import os
 import re
 import sys
-import warnings
 from pathlib import Path
 
-from lsml_tui.trainer import sweep as S
-from lsml_tui.trainer import sweep_space as SP
-from lsml_tui.trainer.config import FIELDS, ConfigError, RunConfig, check_runs_dir, flag, suggest
-
-from .report import DEFAULT_FORMATS as FORMATS    # a comparison's (tensorboard is per run)
+from lsml_tui.trainer.config import FIELDS, ConfigError, RunConfig, flag, suggest
+from lsml_tui.trainer.tuning import space as SP
+from lsml_tui.trainer.tuning.study import METRICS, SAMPLERS, Sweep, storage
+from lsml_tui.trainer.tuning.sweep import WorkerFailed
+from lsml_tui.trainer.tuning.sweep import run as run_trials
+from lsml_tui.trainer.validate import check_runs_dir
+from lsml_tui.tui.flags import add_run_flags, values_from_args
+from lsml_tui.tui.report import DEFAULT_FORMATS as FORMATS  # a comparison's (tensorboard: per run)
+from lsml_tui.tui.tuning.results import finish
 
 JOURNAL = "journal.log"
 
 
 def parser(prog: str, make) -> argparse.ArgumentParser:
-    from .cli import add_run_flags
     p = make(prog=prog, argument_default=argparse.SUPPRESS,
              description="Search run flags with Optuna. Each trial is an ordinary run in the "
              "runs dir (lsml-tui runs, open and report read it); the study is an Optuna "
@@ -41,13 +41,13 @@ def parser(prog: str, make) -> argparse.ArgumentParser:
                    "field, a string in --space's syntax or an array of values")
     p.add_argument("--trials", metavar="N", help="trials to run now (default 10; grid: "
                    "the grid points not yet run)")
-    p.add_argument("--sampler", choices=S.SAMPLERS, help="tpe (default), random, or grid "
+    p.add_argument("--sampler", choices=SAMPLERS, help="tpe (default), random, or grid "
                    "(every combination of explicit values)")
     p.add_argument("--study", metavar="NAME", help="the study's name (default: the model, "
                    "the searched fields and a hash of the flags); an existing one continues")
     p.add_argument("--jobs", metavar="N", help="trials trained at once, each in its own "
                    "process (default 1; at most the cores)")
-    p.add_argument("--metric", choices=S.METRICS, help="what a trial minimizes: the last "
+    p.add_argument("--metric", choices=METRICS, help="what a trial minimizes: the last "
                    "validation loss (default) or the lowest")
     p.add_argument("--pruner", choices=("median", "none"), help="stop a trial whose "
                    "validation loss is worse than the median of earlier trials' at the same "
@@ -76,7 +76,6 @@ def _count(name: str, text: str, least: int) -> int:
 def base_values(args: argparse.Namespace) -> tuple[dict, set]:
     """The run flags as config values (--config below flags), no defaults filled; and the
     names given as flags. Unresolved, so each trial's optimizer brings its own defaults."""
-    from .cli import values_from_args
     return values_from_args(args), {name for name in FIELDS if name in args}
 
 
@@ -128,7 +127,7 @@ def existing(path: Path, name: str, ident: dict):
         return None
     import optuna
     try:
-        study = optuna.load_study(study_name=name, storage=S.storage(path))
+        study = optuna.load_study(study_name=name, storage=storage(path))
     except KeyError:
         return None
     for key, value in ident.items():
@@ -166,7 +165,7 @@ def main(argv: list[str], prog: str, make) -> int:
         raise ConfigError(f"--study {name!r} is not a name; allowed: letters, digits, '.', "
                           f"'_' and '-', starting with a letter or digit")
     check_runs_dir(first.runs_dir)
-    sweep = S.Sweep(base=base, space=tuple(params), study=name,
+    sweep = Sweep(base=base, space=tuple(params), study=name,
                     storage=str(Path(first.runs_dir) / f"sweep-{name}" / JOURNAL), sampler=kind,
                     metric=metric, prune=getattr(args, "pruner", "median") == "median",
                     prune_startup=_count("prune-startup", getattr(args, "prune_startup", "5"), 0),
@@ -188,7 +187,7 @@ def main(argv: list[str], prog: str, make) -> int:
     jobs = max(1, min(jobs, cores, trials))
     formats = report_formats(getattr(args, "format", ",".join(FORMATS)))
     if first.device != "cpu" and (first.device != "auto" or first.precision in ("tf32", "bf16")):
-        from lsml_tui.trainer.launch import preflight   # the device exists (imports torch)
+        from lsml_tui.trainer.parallel.launch import preflight  # the device exists (imports torch)
         preflight(first)
 
     # -- nothing was written before this line --
@@ -201,19 +200,19 @@ def main(argv: list[str], prog: str, make) -> int:
           f"process{'es' * (jobs > 1)}); study in {sweep.storage}", file=sys.stderr, flush=True)
     interrupted = False
     try:
-        S.run(sweep, trials, jobs, threads=max(1, cores // jobs) if jobs > 1 else None)
+        run_trials(sweep, trials, jobs, threads=max(1, cores // jobs) if jobs > 1 else None)
     except KeyboardInterrupt:
         interrupted = True
-    except S.WorkerFailed as e:
+    except WorkerFailed as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return max(1, finish(sweep, top, formats, "json" in args, False))
     return finish(sweep, top, formats, "json" in args, interrupted)
 
 
-def create(sweep: S.Sweep, ident: dict):
+def create(sweep: Sweep, ident: dict):
     import optuna
     Path(sweep.storage).parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name=sweep.study, storage=S.storage(sweep.storage),
+    study = optuna.create_study(study_name=sweep.study, storage=storage(sweep.storage),
                                 direction="minimize", load_if_exists=True)
     for key, value in {**ident, "created_by": "lsml-tui sweep"}.items():
         study.set_user_attr(key, value)
@@ -232,97 +231,3 @@ def grid_left(study, params: list[SP.Param]) -> tuple[list[dict], int]:
     requeue = [dict(zip(names, point)) for point in cut - done - waiting]
     left = sum(1 for point in SP.grid_points(params) if point not in done)
     return requeue, left
-
-
-# -- the end: best trials, report, chart --------------------------------------
-
-
-def finish(sweep: S.Sweep, top: int, formats: list[str], as_json: bool,
-           interrupted: bool) -> int:
-    import optuna
-    study = optuna.load_study(study_name=sweep.study, storage=S.storage(sweep.storage))
-    trials = study.trials
-    best = sorted((t for t in trials if t.state.name == "COMPLETE"),
-                  key=lambda t: (t.value, t.number))[:top]
-    written = []
-    if best and not interrupted:
-        from .report import write_reports
-        out = Path(sweep.storage).parent
-        dirs = [d for d in (run_dir(sweep, t) for t in best) if d.is_dir()]
-        written = write_reports(dirs, formats, out) if dirs and formats else []
-        chart = write_chart(study, [p.name for p in sweep.space], out)
-        written += [chart] if chart else []
-    if as_json:
-        print(json.dumps({"study": sweep.study, "storage": sweep.storage, "metric": sweep.metric,
-                          "trials": [_row(t) for t in trials], "best": [t.number for t in best],
-                          "written": [str(p) for p in written]}))
-    else:
-        print_table(trials, best, sweep)
-        for path in written:
-            print(path)
-    if interrupted:
-        return 130
-    return 0 if best else 1
-
-
-def run_dir(sweep: S.Sweep, trial) -> Path:
-    """A trial's run: beside the study, wherever the runs dir has moved since."""
-    return Path(sweep.storage).parent.parent / trial.user_attrs.get("run_id", "?")
-
-
-def _row(t) -> dict:
-    value = t.value if t.value is None or math.isfinite(t.value) else None
-    return {"number": t.number, "state": t.state.name.lower(), "value": value,
-            "params": t.params, "status": t.user_attrs.get("status"),
-            "run_dir": t.user_attrs.get("run_dir"), "error": t.user_attrs.get("error")}
-
-
-def print_table(trials, best, sweep: S.Sweep) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    console = Console(width=None if sys.stdout.isatty() else 200)   # piped: never cut an id
-    states = [t.state.name for t in trials]
-    counts = ", ".join(f"{states.count(s)} {word}" for s, word in
-                       (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed"),
-                        ("RUNNING", "running"), ("WAITING", "waiting")) if s in states)
-    console.print(f"study {sweep.study}: {len(trials)} trial{'s' * (len(trials) != 1)}"
-                  f"{f' ({counts})' if counts else ''}", highlight=False)
-    if not best:
-        console.print("no trial completed", highlight=False)
-        return
-    table = Table(box=None, header_style="bold")
-    names = [p.name for p in sweep.space]
-    for column in ("trial", sweep.metric, *names, "status", "run"):
-        table.add_column(column, no_wrap=column == "run",
-                         justify="right" if column in ("trial", sweep.metric) else "left")
-    for t in best:
-        table.add_row(str(t.number), "inf" if math.isinf(t.value) else f"{t.value:.4g}",
-                      *(SP.show(t.params.get(n)) for n in names),
-                      t.user_attrs.get("status", ""), t.user_attrs.get("run_id", ""))
-    console.print(table)
-
-
-def write_chart(study, names: list[str], out: Path) -> Path | None:
-    """Optuna's parallel coordinates of the study (its slice plot for one parameter) as an SVG;
-    None when no trial has a finite score."""
-    import optuna
-    from lsml_tui.trainer.store import write_atomic
-    if not any(t.state.name == "COMPLETE" and math.isfinite(t.value) for t in study.trials):
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ov
-    with warnings.catch_warnings(), matplotlib.rc_context({"svg.hashsalt": "lsml-tui"}):
-        warnings.simplefilter("ignore")                 # experimental API
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # "trial omitted: inf"
-        if len(names) > 1:
-            ax, path = ov.plot_parallel_coordinate(study), out / "parallel-coordinates.svg"
-        else:
-            ax, path = ov.plot_slice(study), out / f"{names[0]}-vs-loss.svg"
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-        plt.close(fig)
-    write_atomic(path, buf.getvalue())
-    return path

@@ -1,0 +1,130 @@
+"""What becomes of a step's values: read back, they are recorded (the store's rows, the
+events the dashboard draws, clip events), validated when due, and summed up at the end.
+
+``Recording`` is a part of ``Trainer`` (loop.py), as ``Controls`` and ``FaultPolicy`` are.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from lsml_tui.trainer.events import (AveragedVal, ClipEvent, StepMetrics, SystemSample,
+                                     TheorySample, ValMetrics)
+from lsml_tui.trainer.models import num_params
+from lsml_tui.trainer.optim.optimizers import evaluating
+
+
+class Recording:
+    """The trainer's records: events out, rows into the run store, the summary."""
+
+    def emit(self, event) -> None:
+        self.events.emit(event)
+        if self.store is not None and not isinstance(event, (StepMetrics, ValMetrics)):
+            self.store.record_event(event)
+
+    def emit_sample(self, event) -> None:
+        self.events.emit(event)
+        if self.store is not None:
+            self.store.record_sample(event)
+
+    def on_system_sample(self, sample: dict) -> None:  # on the sampler's thread
+        self.emit_sample(SystemSample(self.step, sample))
+
+    def settle(self, keep: int | None = None) -> bool:
+        """Record the queued steps whose values are back; False if one of them stops the run.
+
+        ``settle(0)`` waits for and records every step still in flight."""
+        for entry in self.readback.ready(keep):
+            loss, norm, *extra = entry.host.tolist()
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                return self._refused(entry, loss, norm)
+            clipped = self.clip is not None and norm > self.clip
+            scale = self.clip / (norm + 1e-6) if clipped else 1.0  # clip_grads_with_norm_'s factor
+            if clipped:
+                self.clip_count += 1
+                self.events.emit(ClipEvent(entry.step, norm, self.clip, scale))
+                if self.store is not None:
+                    self.store.record_clip(entry.step, norm, self.clip, scale)
+            self.record_step(entry.step, loss, entry.lr, norm, norm * scale, clipped,
+                         self.cfg.batch_size / entry.seconds)
+            self._bad_in_row = 0
+            if extra:                                       # --model linear: ||w - w*||
+                self.theory.observe(entry.step, *extra)
+                self.emit_sample(TheorySample(entry.step, *extra))
+            blown_up = self.blow_up.observe(entry.step, loss, entry.lr)
+            if blown_up:
+                return self._blown_up(entry.step, loss, blown_up)
+        return True
+
+    def record_step(self, step: int, loss: float, lr: float, grad_norm: float,
+                grad_norm_clipped: float, clipped: bool, eps: float) -> None:
+        if self.initial_loss is None:
+            self.initial_loss = loss
+        if math.isfinite(loss):
+            self.recent_losses.append(loss)
+        if math.isfinite(grad_norm):
+            self.last_grad_norm = grad_norm
+        now = time.time()
+        if self.store is not None:
+            self.store.record_step(step, now, loss, lr, grad_norm, grad_norm_clipped, clipped, eps)
+        self.events.emit(StepMetrics(step, loss, lr, grad_norm, clipped, eps, now))
+
+    @torch.no_grad()
+    def val_loss(self, model: torch.nn.Module) -> float:
+        """Mean loss of `model` on the validation batches (the same batches every time)."""
+        model.eval()  # back to train() below; not per step: it walks every module
+        gen = torch.Generator(self.gen_device).manual_seed(self.cfg.seed + 1)
+        with self.precision.autocast():
+            losses = [self.task.loss(model(x), y)
+                      for x, y in (self.task.batch("val", self.cfg.batch_size, gen)
+                                   for _ in range(self.cfg.val_batches))]
+        model.train()
+        return torch.stack(losses).mean().item()
+
+    def validate(self) -> None:
+        step = self.step - 1
+        with evaluating(self.optimizer):        # schedule-free: at its average x, not at y
+            self.last_val_loss = self.val_loss(self.model)
+        if self.average is not None:                        # the averaged weights, alike
+            self.last_val_loss_averaged = self.val_loss(self.average.model)
+            self.emit_sample(AveragedVal(step, self.last_val_loss_averaged))
+        if self.store is not None:
+            self.store.record_val(step, time.time(), self.last_val_loss)
+        self.events.emit(ValMetrics(step, self.last_val_loss))
+
+    def summary(self) -> dict:
+        recent = list(self.recent_losses)
+        return {
+            "run_id": self.store.run_id if self.store else None,
+            "run_dir": str(self.store.run_dir) if self.store else None,
+            "status": self.status,
+            "steps": self.step,
+            "params": num_params(self.model),
+            "device": str(self.device),
+            "precision": self.precision.mode,
+            "compile": self.cfg.compile,
+            "model": self.cfg.model,
+            "optimizer": self.optimizer_name,
+            "norm": self.norm,
+            "lr": self.base_lr,
+            "clip": self.clip,
+            "initial_train_loss": self.initial_loss,
+            "final_train_loss": sum(recent) / len(recent) if recent else None,
+            "final_val_loss": self.last_val_loss,
+            **({"average": self.cfg.average, "final_val_loss_averaged":
+                self.last_val_loss_averaged} if self.average else {}),
+            "last_grad_norm": self.last_grad_norm,
+            "clip_events": self.clip_count,
+            "skipped_steps": self.skipped_steps,
+            "steps_per_second": self.step / self.train_seconds if self.train_seconds else None,
+            **self.profiler.summary(),
+            **self.dp.summary(),
+            **({"theory": self.theory.summary(self.clip_count)} if self.theory else {}),
+            **({"sharpness": self.sharpness.last and self.sharpness.last.sharpness,
+                "sharpness_threshold": self.sharpness.last and self.sharpness.last.threshold}
+               if self.sharpness else {}),
+            **(self.noise.summary() if self.noise else {}),
+        }
