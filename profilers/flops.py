@@ -43,24 +43,49 @@ def _totals(counts: dict) -> dict[str, int]:
 
 
 class FlopMeter:
-    """Count one forward and one backward: ``with meter.forward(): ...`` then ``with meter.backward(): ...``."""
+    """Count a training step: ``with meter:`` around it, ``end_forward()`` where the forward
+    ends. A step made of several forwards and backwards (gradient accumulation, a loop that
+    is not ours) brackets each forward with ``begin_forward()``/``end_forward()``, and work
+    that is not training (a validation forward) with ``begin_skip()``/``end_skip()``."""
 
     def __init__(self):
         self._mode = FlopCounterMode(display=False)
         self._fwd: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
+        self._at: dict[str, int] = {}               # counts where the open section began
         self.result: FlopCount | None = None
 
     def __enter__(self):
         self._mode.__enter__()
         return self
 
+    def _now(self) -> dict[str, int]:
+        return _totals(self._mode.get_flop_counts())
+
+    def begin_forward(self) -> None:
+        self._at = self._now()
+
     def end_forward(self) -> None:
-        self._fwd = _totals(self._mode.get_flop_counts())
+        _add(self._fwd, self._now(), self._at)
+
+    def begin_skip(self) -> None:
+        self._at = self._now()
+
+    def end_skip(self) -> None:
+        _add(self._skipped, self._now(), self._at)
 
     def __exit__(self, *exc):
         self._mode.__exit__(*exc)
         if exc[0] is None:
-            self.result = _split(self._fwd, _totals(self._mode.get_flop_counts()))
+            total = self._now()
+            _add(total, {}, self._skipped)          # less what was not training
+            self.result = _split(self._fwd, total)
+
+
+def _add(into: dict[str, int], now: dict[str, int], before: dict[str, int]) -> None:
+    """into += now - before, per module."""
+    for name in now.keys() | before.keys():
+        into[name] = into.get(name, 0) + now.get(name, 0) - before.get(name, 0)
 
 
 def _split(fwd: dict[str, int], total: dict[str, int]) -> FlopCount:

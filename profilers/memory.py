@@ -42,7 +42,8 @@ class SavedActivationMeter:
         self._stack.append(self._names.get(id(module), ""))
 
     def _post(self, module, args, output):
-        self._stack.pop()
+        if self._stack:         # a module entered before the meter was (a watched loop's)
+            self._stack.pop()
 
     def _pack(self, t: torch.Tensor):
         try:

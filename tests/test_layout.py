@@ -95,9 +95,11 @@ def rings(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def wrong_way(dirs: dict[str, Path]) -> list[str]:
-    """Imports against tui -> trainer -> profilers, and textual in the trainer."""
-    forbidden = {"lsml_tui.profilers": ("lsml_tui.trainer", "lsml_tui.tui", "textual"),
-                 "lsml_tui.trainer": ("lsml_tui.tui", "textual")}
+    """Imports against tui -> trainer -> profilers (and the public API, lsml_tui.watch and
+    its integrations, -> trainer), and textual in the trainer."""
+    forbidden = {"lsml_tui.profilers": ("lsml_tui.trainer", "lsml_tui.tui",
+                                        "lsml_tui.integrations", "textual"),
+                 "lsml_tui.trainer": ("lsml_tui.tui", "lsml_tui.integrations", "textual")}
     bad = []
     for name, path in modules(dirs).items():
         layer = next((p for p in forbidden if name == p or name.startswith(p + ".")), None)

@@ -222,6 +222,20 @@ class AveragedVal:
 
 
 @dataclass(frozen=True)
+class Logged:
+    """A watched script's own values at a step (``run.log(accuracy=...)``), beyond the loss."""
+    step: int
+    values: dict                    # name -> float
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know that is not a fault (what cannot be measured, why)."""
+    step: int
+    message: str
+
+
+@dataclass(frozen=True)
 class RunFinished:
     step: int
     status: str                     # finished | diverged | failed | interrupted
@@ -231,7 +245,8 @@ class RunFinished:
 Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
          | OutOfMemory | RecordingProblem | RunFailed | ClipEvent | NonFiniteGradients | FlopTable
          | LayerStats | MemorySample | TimingSample | SystemSample | TraceCaptured | DistSample
-         | TheoryInfo | TheorySample | AveragedVal | SharpnessSample | NoiseSample | RunFinished)
+         | TheoryInfo | TheorySample | AveragedVal | SharpnessSample | NoiseSample | Logged | Notice
+         | RunFinished)
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
 

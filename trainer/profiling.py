@@ -26,6 +26,9 @@ class NullProbe:
     """What an unmeasured step gets: every hook is a no-op."""
 
     eager = False           # may run the compiled model (--compile)
+    sample = False          # a sampled step (timing, saved activations, per-layer stats)
+    flops = None            # the FLOP meter, on a step that counts FLOPs
+    saved = None            # the saved-activation meter, on a sampled step
 
     def mark(self, phase: str) -> None:
         pass

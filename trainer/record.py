@@ -1,7 +1,11 @@
 """What becomes of a step's values: read back, they are recorded (the store's rows, the
 events the dashboard draws, clip events), validated when due, and summed up at the end.
 
-``Recording`` is a part of ``Trainer`` (loop.py), as ``Controls`` and ``FaultPolicy`` are.
+``Recorder`` is what every run records with, the built-in trainer's and a watched
+script's (``lsml_tui.watch``): events out through the coalescer, rows into the run store,
+clip events, the system sampler's samples. ``Recording`` adds the built-in trainer's
+own part (read-back with its fault policies, validation, the summary); it is a part of
+``Trainer`` (loop.py), as ``Controls`` and ``FaultPolicy`` are.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from lsml_tui.trainer.models import num_params
 from lsml_tui.trainer.optim.optimizers import evaluating
 
 
-class Recording:
-    """The trainer's records: events out, rows into the run store, the summary."""
+class Recorder:
+    """Records a run. Needs ``events`` (a Coalescer), ``store`` (a RunStore or None),
+    ``step``, ``initial_loss``, ``recent_losses`` (a bounded deque), ``last_grad_norm`` and
+    ``clip_count``."""
 
     def emit(self, event) -> None:
         self.events.emit(event)
@@ -33,34 +39,18 @@ class Recording:
     def on_system_sample(self, sample: dict) -> None:  # on the sampler's thread
         self.emit_sample(SystemSample(self.step, sample))
 
-    def settle(self, keep: int | None = None) -> bool:
-        """Record the queued steps whose values are back; False if one of them stops the run.
-
-        ``settle(0)`` waits for and records every step still in flight."""
-        for entry in self.readback.ready(keep):
-            loss, norm, *extra = entry.host.tolist()
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                return self._refused(entry, loss, norm)
-            clipped = self.clip is not None and norm > self.clip
-            scale = self.clip / (norm + 1e-6) if clipped else 1.0  # clip_grads_with_norm_'s factor
-            if clipped:
-                self.clip_count += 1
-                self.events.emit(ClipEvent(entry.step, norm, self.clip, scale))
-                if self.store is not None:
-                    self.store.record_clip(entry.step, norm, self.clip, scale)
-            self.record_step(entry.step, loss, entry.lr, norm, norm * scale, clipped,
-                         self.cfg.batch_size / entry.seconds)
-            self._bad_in_row = 0
-            if extra:                                       # --model linear: ||w - w*||
-                self.theory.observe(entry.step, *extra)
-                self.emit_sample(TheorySample(entry.step, *extra))
-            blown_up = self.blow_up.observe(entry.step, loss, entry.lr)
-            if blown_up:
-                return self._blown_up(entry.step, loss, blown_up)
-        return True
+    def record_clip(self, step: int, norm: float, threshold: float) -> float:
+        """A clip event at `step`; returns the factor the gradients were scaled by
+        (``clip_grad_norm_``'s threshold / (norm + 1e-6))."""
+        scale = threshold / (norm + 1e-6)
+        self.clip_count += 1
+        self.events.emit(ClipEvent(step, norm, threshold, scale))
+        if self.store is not None:
+            self.store.record_clip(step, norm, threshold, scale)
+        return scale
 
     def record_step(self, step: int, loss: float, lr: float, grad_norm: float,
-                grad_norm_clipped: float, clipped: bool, eps: float) -> None:
+                    grad_norm_clipped: float, clipped: bool, eps: float) -> None:
         if self.initial_loss is None:
             self.initial_loss = loss
         if math.isfinite(loss):
@@ -71,6 +61,31 @@ class Recording:
         if self.store is not None:
             self.store.record_step(step, now, loss, lr, grad_norm, grad_norm_clipped, clipped, eps)
         self.events.emit(StepMetrics(step, loss, lr, grad_norm, clipped, eps, now))
+
+
+class Recording(Recorder):
+    """The trainer's read-back, validation and summary."""
+
+    def settle(self, keep: int | None = None) -> bool:
+        """Record the queued steps whose values are back; False if one of them stops the run.
+
+        ``settle(0)`` waits for and records every step still in flight."""
+        for entry in self.readback.ready(keep):
+            loss, norm, *extra = entry.host.tolist()
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                return self._refused(entry, loss, norm)
+            clipped = self.clip is not None and norm > self.clip
+            scale = self.record_clip(entry.step, norm, self.clip) if clipped else 1.0
+            self.record_step(entry.step, loss, entry.lr, norm, norm * scale, clipped,
+                             self.cfg.batch_size / entry.seconds)
+            self._bad_in_row = 0
+            if extra:                                       # --model linear: ||w - w*||
+                self.theory.observe(entry.step, *extra)
+                self.emit_sample(TheorySample(entry.step, *extra))
+            blown_up = self.blow_up.observe(entry.step, loss, entry.lr)
+            if blown_up:
+                return self._blown_up(entry.step, loss, blown_up)
+        return True
 
     @torch.no_grad()
     def val_loss(self, model: torch.nn.Module) -> float:

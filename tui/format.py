@@ -60,6 +60,8 @@ def describe(e) -> str:
             return f"step {e.step}: recording: {e.message} ({e.dropped:,} rows dropped so far)"
         case E.RunFailed():
             return f"step {e.step}: trainer failed: {e.error}"
+        case E.Notice():
+            return f"step {e.step}: {e.message}"
         case E.TraceCaptured():
             return f"step {e.step}: trace of {e.steps} steps written to {e.path}"
         case E.RunFinished():

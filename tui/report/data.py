@@ -81,10 +81,13 @@ def _iso(t: float | None) -> str | None:
 
 
 def steps_per_second(run: RunData) -> float | None:
-    """Steps over the seconds spent in them: each step took batch_size / examples_per_second."""
+    """Steps over the seconds spent in them: each step took batch_size / examples_per_second.
+    A watched run's batch is the user's (it may vary): its own summary says."""
     batch = run.info.config.get("batch_size")
+    if not batch:
+        return (run.info.summary or {}).get("steps_per_second")
     seconds = [batch / eps for eps in run.steps["examples_per_second"] if eps and eps > 0]
-    return len(seconds) / sum(seconds) if batch and seconds else None
+    return len(seconds) / sum(seconds) if seconds else None
 
 
 def summarize(run: RunData) -> dict:

@@ -1,0 +1,101 @@
+"""Commands a watched loop takes, applied in the optimizer's step hooks.
+
+What applies to the user's own code: pause, resume and single step (the loop waits in
+the step hook, before the update), the learning rate (a factor on every group, on top
+of the user's own scheduler, for the update only), a trace of the next steps, and stop
+(``run.should_stop``). What cannot (switching the optimizer or the normalization,
+a rewind, a clip threshold, a new model) is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import queue
+
+from lsml_tui.profilers.trace import TraceCapture
+from lsml_tui.trainer import commands as C
+from lsml_tui.trainer.config import ConfigError
+from lsml_tui.trainer.events import CommandApplied, CommandRefused
+from lsml_tui.trainer.validate import check_lr
+
+IDLE_POLL = 0.5         # seconds between looks at the commands while paused
+REFUSED = {             # what a watched loop cannot do, and why
+    C.SetOptimizer: "your script builds its optimizer; switch it there",
+    C.SetNorm: "your script builds its model; change the normalization there",
+    C.SetClip: "your script does its own clipping; change the threshold there",
+    C.Rewind: "a watched run keeps no snapshot of your model to rewind to",
+}
+
+
+class WatchControls:
+    """What a watched run does with a command (see the module's docstring)."""
+
+    def submit(self, cmd: C.Command) -> None:
+        """Queue a command; it is applied at the next optimizer step (thread-safe)."""
+        self._commands.put(cmd)
+
+    def drain_commands(self) -> None:
+        """Apply what is queued; while paused, wait here (the step hook) for more."""
+        while True:
+            waiting = self.paused and not self._single_step and not self.should_stop
+            if waiting:
+                self.events.flush()                 # the dashboard sees 'paused' first
+            try:
+                cmd = self._commands.get(timeout=IDLE_POLL) if waiting else \
+                    self._commands.get_nowait()
+            except queue.Empty:
+                if waiting:
+                    continue
+                return
+            self._apply(cmd)
+
+    def _apply(self, cmd: C.Command) -> None:
+        name = C.describe(cmd)
+        try:
+            detail, changes = self._change(cmd)
+        except ConfigError as e:
+            self.emit(CommandRefused(self.step, name, str(e)))
+            return
+        self.emit(CommandApplied(self.step, name, detail, changes))
+
+    def _change(self, cmd: C.Command) -> tuple[str, dict]:
+        if type(cmd) in REFUSED:
+            raise ConfigError(f"not for a watched run: {REFUSED[type(cmd)]}")
+        match cmd:
+            case C.SetLR(lr=lr):
+                check_lr(lr)
+                base = self.optimizer.param_groups[0]["lr"]     # the user's own, this step
+                old, self.lr_factor = self.lr_factor, float(lr) / base
+                return (f"lr {base * old:g} -> {lr:g}: every group's lr x{self.lr_factor:.3g} "
+                        f"on top of your schedule", {"lr": float(lr), "lr_factor":
+                                                     self.lr_factor})
+            case C.Pause():
+                if self.paused:
+                    raise ConfigError("already paused")
+                self.paused = True
+                return f"paused before step {self.step}", {"paused": True}
+            case C.Resume():
+                if not self.paused:
+                    raise ConfigError("not paused")
+                self.paused = False
+                return f"resumed at step {self.step}", {"paused": False}
+            case C.SingleStep():
+                if not self.paused:
+                    raise ConfigError("single step applies while paused; pause first")
+                self._single_step = True
+                return f"single step {self.step}", {}
+            case C.Stop():
+                self.should_stop = True
+                return (f"stop requested before step {self.step} (run.should_stop is "
+                        f"True)", {})
+            case C.CaptureTrace(steps=n):
+                if self.store is None:
+                    raise ConfigError("a trace needs a run directory to be written to")
+                if self._trace is not None:
+                    raise ConfigError("a trace is already being captured")
+                if not 1 <= n <= 100:
+                    raise ConfigError(f"trace steps {n} is out of range: must be 1 to 100")
+                path = self.store.run_dir / f"trace-step{self.step}.json"
+                self._trace = TraceCapture(path, n, self.device)
+                return f"tracing steps {self.step} to {self.step + n - 1} into {path.name}", {
+                    "path": str(path)}
+        raise ConfigError(f"unknown command {cmd!r}")
