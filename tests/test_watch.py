@@ -22,6 +22,7 @@ from lsml_tui.trainer.store.reader import list_runs, open_run
 from lsml_tui.trainer.watch.run import WatchedRun
 from lsml_tui.tui.report import write_reports
 from lsml_tui.tui.replay import recorded_events
+from tests.test_report_tensorboard import read, series
 
 B, D, H, K = 32, 8, 16, 2           # batch, input width, hidden width, classes
 
@@ -255,6 +256,9 @@ def test_a_watched_run_reads_like_a_built_in_one(tmp_path):
         logged = r.samples("Logged")
     assert [s["values"]["accuracy"] for s in logged] == pytest.approx(
         [0.5 + s / 100 for s in range(9)])
+    board = read(next(p for p in paths if p.name in tensorboard))
+    assert series(board, "logged/accuracy") == pytest.approx(
+        {s: 0.5 + s / 100 for s in range(9)})
 
 
 def test_a_compiled_model_records_steps_and_says_what_it_cannot_measure(tmp_path):

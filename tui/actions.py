@@ -19,14 +19,36 @@ MODEL_FIELDS = ("layers", "width", "heads", "seq_len", "cell", "activation", "re
                 "dim", "kappa", "examples", "noise", "norm", "batch_size")
 
 
+# What a run of the user's own loop (lsml_tui.watch) cannot do from the dashboard, and why:
+# these keys show as unavailable there.
+NOT_FOR_YOUR_SCRIPT = {
+    "pick_optimizer": "your script builds its optimizer; switch it there",
+    "pick_norm": "your script builds its model; change the normalization there",
+    "set_clip": "your script does its own clipping; change the threshold there",
+    "rewind": "a watched run keeps no snapshot of your model to rewind to",
+    "lr_find": "the range test trains lsml-tui's own models; run it on yours with a sweep "
+               "of your script",
+    "pick_model": "your script builds its model",
+    "restart": "start your script again: lsml-tui run SCRIPT",
+}
+
+
 def trains(action):
     """A control that commands the trainer: a read-only replay has none, so it is refused
-    there with a hint on how to train the run's config again."""
+    there with a hint on how to train the run's config again; a watched run (the user's own
+    loop) refuses what cannot apply to it, with the reason."""
+    name = action.__name__.removeprefix("action_")
+
     @functools.wraps(action)        # Textual reads the action's signature through this
     def guarded(self, *args):
+        if self.watched and name in NOT_FOR_YOUR_SCRIPT:
+            self.notify(f"not for your own script: {NOT_FOR_YOUR_SCRIPT[name]}",
+                        severity="warning")
+            return None
         if self.read_only:
-            self.notify(f"read-only replay; to train this config again: lsml-tui --config "
-                        f"{self.run_dir}/config.toml", severity="warning")
+            again = ("to train it again, run your script" if self.watched else
+                     f"to train this config again: lsml-tui --config {self.run_dir}/config.toml")
+            self.notify(f"read-only replay; {again}", severity="warning")
             return None
         return action(self, *args)  # an async action's coroutine is awaited by Textual
     return guarded
@@ -34,6 +56,13 @@ def trains(action):
 
 class Actions:
     """What the dashboard's keys do; mixed into the app, whose state they read."""
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        """None shows a key as unavailable (dimmed in the footer): what a watched run
+        cannot do."""
+        if getattr(self, "watched", False) and action in NOT_FOR_YOUR_SCRIPT:
+            return None
+        return True
 
     def send(self, cmd: C.Command) -> None:
         if self.bridge is None or not self.bridge.process.is_alive() or self.final is not None:

@@ -24,6 +24,7 @@ from lsml_tui.tui.bridge import TrainerBridge, prepare_processes, thin
 from lsml_tui.tui.panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel,
                                  LossPanel, MemoryPanel, NoiseScalePanel, SharpnessPanel,
                                  StatusLine, SystemPanel, TheoryPanel)
+from lsml_tui.tui.panels.output import OutputPanel
 
 REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
 TICK_BUDGET = 20_000   # events handed to the panels per redraw; step metrics beyond are thinned
@@ -64,6 +65,8 @@ class LsmlApp(Actions, App):
         self.run_dir: str | None = replay_of
         self.read_only = replay_of is not None  # a recorded run: nothing to command
         self.following = False      # a live run started elsewhere, commanded through its store
+        self.script: str | None = None  # lsml-tui run: the user's script this app started
+        self.watched = False        # a run of the user's own loop (lsml_tui.watch)
         self._replay_done = False
         self.return_signal: int | None = None
         self._quitting = False      # a second quit (q again, a signal) leaves it to the first
@@ -89,6 +92,8 @@ class LsmlApp(Actions, App):
                 if self.cfg.noise_scale_every is not None:
                     yield NoiseScalePanel(self.cfg.noise_scale_every)
                 yield SystemPanel()
+                if self.script is not None:
+                    yield OutputPanel(self.script)
                 yield EventsPanel()
         yield Footer()
 
@@ -121,17 +126,30 @@ class LsmlApp(Actions, App):
     @classmethod
     def replay(cls, run_dir) -> "LsmlApp":
         """The dashboard on a stored run, read-only, every panel filled from the store."""
-        from lsml_tui.tui.replay import RecordedBridge, replay_config
-        return cls(replay_config(run_dir), lambda cfg: RecordedBridge(cfg, run_dir),
-                   replay_of=str(run_dir))
+        from lsml_tui.tui.replay import RecordedBridge, replay_config, watched
+        app = cls(replay_config(run_dir), lambda cfg: RecordedBridge(cfg, run_dir),
+                  replay_of=str(run_dir))
+        app.watched = watched(run_dir)
+        return app
 
     @classmethod
     def follow(cls, run_dir) -> "LsmlApp":
         """The dashboard on a run that is still going elsewhere: live, and its controls work."""
         from lsml_tui.tui.follow import FollowBridge
-        from lsml_tui.tui.replay import replay_config
+        from lsml_tui.tui.replay import replay_config, watched
         app = cls(replay_config(run_dir), lambda cfg: FollowBridge(cfg, run_dir))
-        app.following, app.run_dir = True, str(run_dir)
+        app.following, app.run_dir, app.watched = True, str(run_dir), watched(run_dir)
+        return app
+
+    @classmethod
+    def run_script(cls, run_dir, popen, name: str) -> "LsmlApp":
+        """The dashboard on the run of a script it started (lsml-tui run): live, commanded
+        through the store, its output in a panel; quitting ends the script."""
+        from lsml_tui.tui.follow import ScriptBridge
+        from lsml_tui.tui.replay import replay_config, watched
+        app = cls(replay_config(run_dir), lambda cfg: ScriptBridge(cfg, run_dir, popen))
+        app.following, app.run_dir, app.watched = True, str(run_dir), watched(run_dir)
+        app.script = name
         return app
 
     def start_trainer(self) -> None:
@@ -139,6 +157,7 @@ class LsmlApp(Actions, App):
         self.bridge = self.bridge_factory(self.cfg).start()
         self.query_one(EventsPanel).say(
             f"replaying {self.run_dir} (read-only) …" if self.read_only
+            else f"running {self.script}; q stops it …" if self.script
             else f"following {self.run_dir}; q leaves it running …" if self.following
             else f"starting the trainer ({self.cfg.model}) …", "dim")
 

@@ -17,13 +17,14 @@ from lsml_tui.tui.flags import PROG, Parser, add_run_flags, config_from_args
 from lsml_tui.tui.history import SUBCOMMANDS
 
 # lsml-tui lr-find ..., lsml-tui sweep ...: each module's main(argv, prog, make)
-TOOLS = {"lr-find": "lsml_tui.tui.tuning.lrfind", "sweep": "lsml_tui.tui.tuning.sweep"}
+TOOLS = {"lr-find": "lsml_tui.tui.tuning.lrfind", "sweep": "lsml_tui.tui.tuning.sweep",
+         "run": "lsml_tui.tui.runner"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Watch a neural network train and see what it costs. "
                 "Also: lsml-tui report RUN_DIR..., lsml-tui runs, lsml-tui open RUN_DIR, "
-                "lsml-tui lr-find, lsml-tui sweep (each with --help).",
+                "lsml-tui lr-find, lsml-tui sweep, lsml-tui run SCRIPT (each with --help).",
                 argument_default=argparse.SUPPRESS)
     p.add_argument("--headless", action="store_true", help="train without the dashboard, "
                    "with a progress bar on stderr")

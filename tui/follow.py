@@ -1,12 +1,15 @@
 """Following a run that is still going, through its store: ``lsml-tui open`` on a headless,
-torchrun or other dashboard's run. New rows reach the panels as the run commits them;
-commands go into the store's commands table, which the run's recorder polls.
+torchrun or other dashboard's run, and ``lsml-tui run`` on the user's own script. New rows
+reach the panels as the run commits them; commands go into the store's commands table,
+which the run's recorder polls.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 
 from lsml_tui.trainer import commands as C
@@ -80,3 +83,81 @@ class FollowBridge(ReplayBridge):
     def send(self, cmd: C.Command) -> None:
         if not self.ended:
             send_command(self.run_dir, cmd)
+
+
+class _Script:
+    """Stands in for a trainer process: the user's script (``lsml-tui run``)."""
+
+    def __init__(self, popen):
+        self.popen = popen
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+class ScriptBridge(FollowBridge):
+    """Follows the run of a script this dashboard started; its output reaches the output
+    panel as ``ScriptOutput``, and stopping the bridge ends the script (SIGTERM: the run is
+    recorded interrupted; SIGKILL if it has not ended after `timeout`)."""
+
+    def __init__(self, cfg, run_dir, popen, output: str = "output.log"):
+        super().__init__(cfg, run_dir)
+        self.process = _Script(popen)
+        self._output, self._read = self.run_dir / output, 0
+        self._stopped = False
+
+    @property
+    def crashed(self) -> bool:
+        """The script died and its run never said how it ended (the reader marked it
+        killed): SIGKILL, a segfault, the out-of-memory killer."""
+        return self.status == "killed"
+
+    @crashed.setter
+    def crashed(self, value) -> None:     # ReplayBridge sets it; here the store says
+        pass
+
+    def drain(self) -> list:
+        return super().drain() + self._new_output()
+
+    def _new_output(self) -> list:
+        try:
+            with open(self._output, "rb") as f:
+                f.seek(self._read)
+                data = f.read(1 << 20)
+        except OSError:
+            return []
+        cut = data.rfind(b"\n") + 1 if not self.ended else len(data)   # whole lines only
+        self._read += cut
+        text = data[:cut].decode(errors="replace")
+        return [ScriptOutput(text)] if text else []
+
+    def stop(self, timeout: float = 10.0) -> list:
+        if self._stopped:
+            return []
+        self._stopped = True
+        popen = self.process.popen
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+        return []               # its last rows are in the store (read on this bridge's thread)
+
+
+class ScriptOutput:
+    """New lines of the script's stdout and stderr, for the output panel."""
+
+    step = 0
+
+    def __init__(self, text: str):
+        self.text = text

@@ -72,3 +72,9 @@ def replay_config(run_dir) -> RunConfig:
     with open_run(run_dir) as r:
         stored = r.info().config
     return RunConfig(**{k: v for k, v in stored.items() if k in FIELDS})   # older/newer keys
+
+
+def watched(run_dir) -> bool:
+    """A run of the user's own loop (lsml_tui.watch), not of a built-in model."""
+    with open_run(run_dir) as r:
+        return r.info().config.get("source") == "watch"

@@ -25,41 +25,61 @@ class Measuring:
     def _before_forward(self, module, args, kwargs):
         if torch.compiler.is_compiling():
             return None
-        if not self._training(module):
-            if self._probe.flops is not None:
-                self._probe.flops.begin_skip()              # not training: not counted
-            return None
-        x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        if x is not None and x.dim() > 0:
-            self._examples += x.shape[0]
-            self._shape = tuple(x.shape)
-        self._forwards += 1
-        probe = self._probe
-        if probe is not NULL_PROBE:
-            if self._forwards == 1:
-                probe.mark("data")
-                probe.input_shape = list(self._shape or ())
-                if probe.flops is not None:
-                    probe.flop_key = self._shape
-            if probe.flops is not None:
-                probe.flops.begin_forward()
+        if self._training(module):
+            x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            self.forward_begins(x)
+        else:
+            self.aside_begins()
         return None
 
     def _after_forward(self, module, args, output):
         if torch.compiler.is_compiling():
             return None
-        probe = self._probe
-        if not self._training(module):
-            if probe.flops is not None:
-                probe.flops.end_skip()
-            return None
-        if probe is not NULL_PROBE:
-            if probe.flops is not None:
-                probe.flops.end_forward()
-            if self._forwards == 1:
-                probe.mark("forward")
-                self._stop_saving()             # one micro-batch's activations: what is held
+        if self._training(module):
+            self.forward_ends()
+        else:
+            self.aside_ends()
         return None
+
+    # What the forward hooks call, and a framework whose training step does not call the
+    # model's own forward (Lightning's training_step) calls from its own hooks instead.
+
+    def forward_begins(self, x) -> None:
+        """A training forward of batch `x` (a tensor, or None) begins."""
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            self._examples += x.shape[0]
+            self._shape = tuple(x.shape)
+        self._forwards += 1
+        probe = self._probe
+        if probe is NULL_PROBE:
+            return
+        if self._forwards == 1:
+            probe.mark("data")
+            probe.input_shape = list(self._shape or ())
+            if probe.flops is not None:
+                probe.flop_key = self._shape
+        if probe.flops is not None:
+            probe.flops.begin_forward()
+
+    def forward_ends(self) -> None:
+        probe = self._probe
+        if probe is NULL_PROBE:
+            return
+        if probe.flops is not None:
+            probe.flops.end_forward()
+        if self._forwards == 1:
+            probe.mark("forward")
+            self._stop_saving()                 # one micro-batch's activations: what is held
+
+    def aside_begins(self) -> None:
+        """Work that is not training (a validation forward) begins: its FLOPs are not the
+        step's."""
+        if self._probe.flops is not None:
+            self._probe.flops.begin_skip()
+
+    def aside_ends(self) -> None:
+        if self._probe.flops is not None:
+            self._probe.flops.end_skip()
 
     def _arm(self) -> None:
         """The probe for the next step; on a sampled one, its meters on from now."""

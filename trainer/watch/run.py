@@ -33,7 +33,12 @@ from lsml_tui.trainer.store.writer import RunStore
 from lsml_tui.trainer.watch import seen
 from lsml_tui.trainer.watch.control import WatchControls
 from lsml_tui.trainer.watch.measure import Measuring
-from lsml_tui.trainer.watch.setup import check_arguments, run_dir_for, stored_config
+from lsml_tui.trainer.watch.setup import (check_arguments, follow_parent, run_dir_for,
+                                           stored_config)
+
+
+PRECISION = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16",
+             torch.float16: "fp16"}      # the parameters' dtype, named as the built-in runs'
 
 
 class WatchedRun(Recorder, Measuring, WatchControls):
@@ -41,7 +46,8 @@ class WatchedRun(Recorder, Measuring, WatchControls):
     ``finish`` at the end (or ``with``; or leave it to the end of the script)."""
 
     def __init__(self, model, optimizer, name=None, config=None, runs_dir="runs",
-                 sample_every: int = 100, profile: bool = True, sink=None):
+                 sample_every: int = 100, profile: bool = True, sink=None,
+                 forward_hooks: bool = True):
         check_arguments(model, optimizer, name, config, runs_dir, sample_every)
         self.model, self.optimizer = model, optimizer
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -77,17 +83,20 @@ class WatchedRun(Recorder, Measuring, WatchControls):
         self.train_seconds = 0.0
         self._handles = [optimizer.register_step_pre_hook(self._before_update),
                          optimizer.register_step_post_hook(self._after_update),
-                         model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
-                         model.register_forward_hook(self._after_forward),
                          # the next backward has begun: the last step's values are all in
                          self.params[0].register_post_accumulate_grad_hook(
                              lambda p: self._close_step())]
+        if forward_hooks:                   # else the framework calls forward_begins/_ends
+            self._handles += [
+                model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+                model.register_forward_hook(self._after_forward)]
         seen.attach(self)
+        follow_parent()
         self.store.watch_commands(self.submit)
         self.sampler = SystemSampler(self.on_system_sample).start() if profile else None
         self.emit(RunStarted(0, self.store.run_id, str(self.store.run_dir), config_dict,
                              sum(p.numel() for p in model.parameters()), str(self.device),
-                             str(self.params[0].dtype).removeprefix("torch.")))
+                             PRECISION.get(self.params[0].dtype, str(self.params[0].dtype))))
         if self.compiled:
             self.emit(Notice(0, "the model is compiled (torch.compile): FLOPs, saved "
                                 "activations and per-layer stats are not measured; call watch "
@@ -162,6 +171,21 @@ class WatchedRun(Recorder, Measuring, WatchControls):
         self.drain_commands()
         self._single_step = False
         self._close_step()
+        # a closure (Lightning, LBFGS) runs forward and backward inside step(): the gradients
+        # are read after it, in the post-hook
+        self._closure = (args[0] if args else kwargs.get("closure")) is not None
+        if not self._closure:
+            self._read_gradients()
+        self._probe.before_update(self.params)
+        if self.lr_factor != 1.0:               # the dashboard's lr, for this update only
+            self._scaled = [g["lr"] for g in optimizer.param_groups]
+            for g in optimizer.param_groups:
+                g["lr"] = g["lr"] * self.lr_factor
+        self._lrs = [float(g["lr"]) for g in optimizer.param_groups]
+
+    def _read_gradients(self) -> None:
+        """The step's gradients are all in: stop the meters, take the norms (one fused norm,
+        as the built-in loop; the user's clip_grad_norm_ gave the norm before clipping)."""
         probe = self._probe
         probe.mark("backward")
         self._stop_saving()
@@ -174,19 +198,15 @@ class WatchedRun(Recorder, Measuring, WatchControls):
                                         "way): sampled measurements are skipped"))
         per_param, norm = grad_norms(self.params)
         probe.after_backward(per_param)
-        probe.before_update(self.params)
         if self._clip is not None:              # the user clipped: the norm before it did
             norm, threshold = self._clip[0].to(norm), self._clip[1]
         else:
             threshold = None
         self._step_norm, self._threshold = norm, threshold
-        if self.lr_factor != 1.0:               # the dashboard's lr, for this update only
-            self._scaled = [g["lr"] for g in optimizer.param_groups]
-            for g in optimizer.param_groups:
-                g["lr"] = g["lr"] * self.lr_factor
-        self._lrs = [float(g["lr"]) for g in optimizer.param_groups]
 
     def _after_update(self, optimizer, args, kwargs):
+        if self._closure:
+            self._read_gradients()
         if self._scaled is not None:            # the user's scheduler sees its own lr
             for g, lr in zip(optimizer.param_groups, self._scaled):
                 g["lr"] = lr

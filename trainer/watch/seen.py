@@ -1,11 +1,12 @@
 """What a watched loop does outside our hooks, seen from outside: the user's own gradient
-clipping (``torch.nn.utils.clip_grad_norm_``, watched while a run is open) and how the
-script ends (it returns, raises, or is sent SIGTERM by ``lsml-tui run``).
+clipping (``torch.nn.utils.clip_grad_norm_`` and ``clip_grads_with_norm_``, watched while
+a run is open) and how the script ends (it returns, raises, or is sent SIGTERM by
+``lsml-tui run``).
 
-Only ``torch.nn.utils.clip_grad_norm_`` looked up at call time is seen, which is how
-Lightning, Hugging Face's Trainer and most scripts call it; a name imported with
-``from torch.nn.utils import clip_grad_norm_`` before ``watch`` keeps the original, and
-the run then records the norm after clipping (no clip events).
+Only the functions looked up in ``torch.nn.utils`` at call time are seen, which is how
+Lightning, accelerate (Hugging Face's Trainer) and most scripts call them; a name imported
+with ``from torch.nn.utils import clip_grad_norm_`` before ``watch`` keeps the original,
+and the run then records the norm after clipping (no clip events).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ def _clip_grad_norm_(parameters, max_norm, *args, **kwargs):
     for run in _open:
         run.saw_clip(norm, float(max_norm))
     return norm
+
+
+def _clip_grads_with_norm_(parameters, max_norm, total_norm, *args, **kwargs):
+    """``torch.nn.utils.clip_grads_with_norm_`` (what accelerate, and so Hugging Face's
+    Trainer, clips with, after ``get_total_norm``), telling the open runs the norm."""
+    for run in _open:
+        run.saw_clip(total_norm, float(max_norm))
+    return _original["clip_with_norm"](parameters, max_norm, total_norm, *args, **kwargs)
 
 
 def _excepthook(kind, value, tb):
@@ -51,6 +60,8 @@ def attach(run) -> None:
     if not _original:
         _original["clip"] = torch.nn.utils.clip_grad_norm_
         torch.nn.utils.clip_grad_norm_ = _clip_grad_norm_
+        _original["clip_with_norm"] = torch.nn.utils.clip_grads_with_norm_
+        torch.nn.utils.clip_grads_with_norm_ = _clip_grads_with_norm_
         _original["excepthook"] = sys.excepthook
         sys.excepthook = _excepthook
         atexit.register(_at_exit)
@@ -68,6 +79,8 @@ def detach(run) -> None:
         return
     if torch.nn.utils.clip_grad_norm_ is _clip_grad_norm_:
         torch.nn.utils.clip_grad_norm_ = _original["clip"]
+    if torch.nn.utils.clip_grads_with_norm_ is _clip_grads_with_norm_:
+        torch.nn.utils.clip_grads_with_norm_ = _original["clip_with_norm"]
     if sys.excepthook is _excepthook:
         sys.excepthook = _original["excepthook"]
     atexit.unregister(_at_exit)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,8 +19,27 @@ from lsml_tui.trainer.config import ConfigError
 from lsml_tui.trainer.store.schema import DB_NAME
 from lsml_tui.trainer.store.writer import new_run_id
 from lsml_tui.trainer.validate import check_runs_dir
+from lsml_tui.trainer.worker import on_parent_exit
 
-ENV_RUN_DIR = "LSML_TUI_RUN_DIR"
+ENV_RUN_DIR, ENV_PARENT = "LSML_TUI_RUN_DIR", "LSML_TUI_PARENT"     # set by lsml-tui run
+
+
+def follow_parent() -> None:
+    """Under ``lsml-tui run``: if lsml-tui dies (even killed outright), end as on SIGTERM,
+    so the run is recorded interrupted and nothing is left running."""
+    parent = os.environ.get(ENV_PARENT)
+    if parent and parent.isdigit() and int(parent) == os.getppid():
+        on_parent_exit(lambda: os.kill(os.getpid(), signal.SIGTERM), parent=int(parent))
+
+
+def check_options(name, config, sample_every) -> None:
+    """The options a callback takes before it has a model: TypeError or ValueError."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"watch(name={name!r}): expected a string")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"watch(config=...): expected a dict, got {type(config).__name__}")
+    if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 1:
+        raise ValueError(f"watch(sample_every={sample_every!r}): must be an integer >= 1")
 
 
 def check_arguments(model, optimizer, name, config, runs_dir, sample_every) -> None:
@@ -36,12 +56,7 @@ def check_arguments(model, optimizer, name, config, runs_dir, sample_every) -> N
     if not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
         raise ValueError(f"watch(optimizer=...): the {type(optimizer).__name__} holds none of "
                          f"{type(model).__name__}'s parameters; build it from model.parameters()")
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"watch(name={name!r}): expected a string")
-    if config is not None and not isinstance(config, dict):
-        raise TypeError(f"watch(config=...): expected a dict, got {type(config).__name__}")
-    if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 1:
-        raise ValueError(f"watch(sample_every={sample_every!r}): must be an integer >= 1")
+    check_options(name, config, sample_every)
     if os.environ.get(ENV_RUN_DIR):
         return                                  # lsml-tui run chose the directory
     try:

@@ -33,10 +33,12 @@ class GradientsPanel(Vertical):
     def add(self, e) -> None:
         if isinstance(e, StepMetrics):
             self.before.append(e.step, e.grad_norm)
-            after = min(e.grad_norm, self.clip) if e.clipped else e.grad_norm
+            clipped = e.clipped and self.clip is not None
+            after = min(e.grad_norm, self.clip) if clipped else e.grad_norm
             self.after.append(e.step, after)
         elif isinstance(e, ClipEvent):
             self.clip_count += 1
+            self.clip = e.threshold             # a watched script's own, seen as it clips
             self.clip_marks = (self.clip_marks + [(e.step, e.grad_norm)])[-200:]
         elif isinstance(e, LayerStats):
             self.layer_stats = e

@@ -56,6 +56,7 @@ SAMPLES = {
     "SharpnessSample": ("sharpness", {"sharpness": "sharpness/value"}),
     "NoiseSample": ("noise_scale", {"noise_scale": "noise_scale/value"}),
     "AveragedVal": ("val", {"val_loss": "val/loss_averaged"}),
+    "Logged": ("logged", {"values": "logged"}),        # a watched script's own run.log values
 }
 # Labels, not measurements: the step (the event's own), a sample's clock, ids, shapes, names.
 NOT_SCALARS = {"step", "time", "rank", "index", "pid", "input_shape", "names"}
