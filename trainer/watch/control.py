@@ -37,6 +37,8 @@ class WatchControls:
         """Apply what is queued; while paused, wait here (the step hook) for more."""
         while True:
             waiting = self.paused and not self._single_step and not self.should_stop
+            if not waiting and self._commands.empty():  # the usual step: nothing queued
+                return
             if waiting:
                 self.events.flush()                 # the dashboard sees 'paused' first
             try:

@@ -196,12 +196,14 @@ class WatchedRun(Recorder, Measuring, WatchControls):
             self.emit(Notice(self.step, "no forward of the watched model was seen before "
                                         "this step (compiled after watch, or called another "
                                         "way): sampled measurements are skipped"))
-        per_param, norm = grad_norms(self.params)
-        probe.after_backward(per_param)
-        if self._clip is not None:              # the user clipped: the norm before it did
-            norm, threshold = self._clip[0].to(norm), self._clip[1]
+        if self._clip is not None and not probe.sample:    # the user's clipping measured it
+            norm, threshold = self._clip[0], self._clip[1]
         else:
+            per_param, norm = grad_norms(self.params)
+            probe.after_backward(per_param)
             threshold = None
+            if self._clip is not None:          # the user clipped: the norm before it did
+                norm, threshold = self._clip[0].to(norm), self._clip[1]
         self._step_norm, self._threshold = norm, threshold
 
     def _after_update(self, optimizer, args, kwargs):
@@ -238,11 +240,16 @@ class WatchedRun(Recorder, Measuring, WatchControls):
         s, self._open = self._open, None
         if s is None:
             return
-        values = [_scalar(s.get("loss"), self.device), s["norm"].double()]
-        self.readback.push(s["step"], s["lrs"][0], s["seconds"], torch.stack(values), None)
         extra = s.get("values") or {}
         names = list(extra)
-        stacked = torch.stack([_scalar(extra[n], self.device) for n in names]) if names else None
+        if self.readback.late:      # on the device, copied back while the next step runs
+            values = torch.stack([_scalar(s.get("loss"), self.device), s["norm"].double()])
+            stacked = torch.stack([_scalar(extra[n], self.device) for n in names]) \
+                if names else None
+        else:                       # on the CPU a read costs no sync: the cheapest is now
+            values = [_host(s.get("loss")), float(s["norm"])]
+            stacked = [_host(extra[n]) for n in names]
+        self.readback.push(s["step"], s["lrs"][0], s["seconds"], values, None)
         lrs = {f"lr/{i}": lr for i, lr in enumerate(s["lrs"])} if len(s["lrs"]) > 1 else {}
         self._pending.append((s["threshold"], s.get("examples") or 0, names, stacked, lrs))
         self._settle()
@@ -250,12 +257,14 @@ class WatchedRun(Recorder, Measuring, WatchControls):
     def _settle(self, keep: int | None = None) -> None:
         for entry in self.readback.ready(keep):
             threshold, examples, names, stacked, lrs = self._pending.popleft()
-            loss, norm = entry.host.tolist()
+            loss, norm = entry.host if isinstance(entry.host, list) else entry.host.tolist()
             clipped = threshold is not None and norm > threshold
             scale = self.record_clip(entry.step, norm, threshold) if clipped else 1.0
             self.record_step(entry.step, loss, entry.lr, norm, norm * scale, clipped,
                              examples / entry.seconds if entry.seconds > 0 else 0.0)
-            values = dict(zip(names, stacked.tolist())) if names else {}
+            if names and not isinstance(stacked, list):
+                stacked = stacked.tolist()
+            values = dict(zip(names, stacked)) if names else {}
             if "val_loss" in values:            # the user's validation: the loss panel's line
                 val = values.pop("val_loss")
                 self.store.record_val(entry.step, time.time(), val)
@@ -282,6 +291,13 @@ class WatchedRun(Recorder, Measuring, WatchControls):
             **({"error": self.error} if self.error else {}),
             **self.profiler.summary(),
         }
+
+
+def _host(value) -> float:
+    """A logged value as a Python float (NaN when missing), read at once (on the CPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(()).item()
+    return math.nan if value is None else float(value)
 
 
 def _scalar(value, device) -> torch.Tensor:
