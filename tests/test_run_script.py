@@ -153,3 +153,45 @@ def test_the_examples_run_as_they_are(tmp_path, example, steps, model):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (info,) = list_runs(tmp_path / "runs")
     assert (info.status, info.steps, info.model) == ("finished", steps, model)
+
+
+def test_a_finished_watched_run_replays_with_its_unavailable_keys(tmp_path):
+    import lsml_tui
+    import torch
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with lsml_tui.watch(model, opt, runs_dir=tmp_path, sample_every=5) as run:
+        for _ in range(12):
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            opt.zero_grad(); loss.backward(); opt.step(); run.log(loss=loss)
+
+    async def main():
+        app = LsmlApp.replay(run.run_dir)
+        async with app.run_test(size=(140, 45)) as pilot:
+            await until(pilot, lambda: app.bridge.ended and app.query_one(StatusLine).state[
+                "step"] == 12, what="the replay")
+            await pilot.press("o")                  # unavailable: nothing opens
+            await pilot.pause(0.2)
+            return app.watched, len(app.screen_stack), app.check_action("rewind", ())
+    assert asyncio.run(main()) == (True, 1, None)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_closing_the_terminal_ends_the_script_with_its_run_recorded(tmp_path):
+    session = f"lsml-hup-{tmp_path.name}"[:40]
+    runs = tmp_path / "runs"
+    cmd = (f"cd {tmp_path} && env -u COLUMNS -u LINES {sys.executable} -m lsml_tui.tui.cli run "
+           f"--runs-dir {runs} {PLAIN} --steps 1000000")
+    tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "45", cmd)
+    try:
+        wait_for(session, lambda t: step_on(t) > 50, "the example to train")
+        procs = [p for p in psutil.process_iter(["cmdline"])
+                 if str(runs) in " ".join(p.info["cmdline"] or [])
+                 or str(PLAIN) in " ".join(p.info["cmdline"] or [])]
+        assert len(procs) >= 2                      # lsml-tui and the script
+    finally:
+        tmux("kill-session", "-t", session)
+    psutil.wait_procs(procs, timeout=30)
+    assert alive(procs) == []
+    (info,) = list_runs(runs)
+    assert info.status == "interrupted"

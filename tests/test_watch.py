@@ -155,6 +155,8 @@ def test_commands_reach_the_loop_lr_pause_step_stop_and_refusals(tmp_path):
 
     def after(step):
         user_lrs.append(opt.param_groups[0]["lr"])
+        if step == 0:
+            run.submit(C.CaptureTrace(steps=2))     # steps 1 and 2, into the run directory
         if step == 2:
             run.submit(C.SetLR(0.4))
             run.submit(C.SetOptimizer("adam"))
@@ -173,7 +175,8 @@ def test_commands_reach_the_loop_lr_pause_step_stop_and_refusals(tmp_path):
     # paused before step 3; one single step (3); stopped before step 4, which still updates
     assert steps["step"] == list(range(5)) and info.status == "interrupted"
     applied = [e.command for e in events if isinstance(e, CommandApplied)]
-    assert applied == ["lr 0.4", "pause", "single step", "stop"]
+    assert applied == ["trace 2 steps", "lr 0.4", "pause", "single step", "stop"]
+    assert (run.run_dir / "trace-step1.json").stat().st_size > 0
     refused = [e for e in events if isinstance(e, CommandRefused)]
     assert len(refused) == 1 and "your script builds its optimizer" in refused[0].reason
 
