@@ -279,3 +279,55 @@ def test_a_compiled_model_records_steps_and_says_what_it_cannot_measure(tmp_path
     assert any("compiled" in n for n in notes)
     assert [e.status for e in events if isinstance(e, RunFinished)] == ["finished"]
     assert math.isfinite(losses[-1])
+
+
+DDP_SCRIPT = """
+import os, sys, time, torch, torch.distributed as dist, lsml_tui
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+run = lsml_tui.watch(model, opt, runs_dir=sys.argv[1], sample_every=5)
+g = torch.Generator().manual_seed(rank)
+for step in range(int(sys.argv[2])):
+    if rank == 1:
+        time.sleep(0.03)                # a straggler: slow data on rank 1
+    x = torch.randn(8, 4, generator=g)
+    loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    run.log(loss=loss)
+    if step == 7 and rank == 0 and len(sys.argv) > 3:
+        run.submit(__import__("lsml_tui.trainer.commands", fromlist=["Stop"]).Stop())
+    if run.should_stop:
+        break
+run.finish()
+print(rank, run.step, flush=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_users_ddp_script_under_torchrun_is_recorded_by_rank_0(tmp_path, stop):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    args = [str(tmp_path / "runs"), "20"] + (["stop"] if stop else [])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(script), *args],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (info,) = list_runs(tmp_path / "runs")                  # rank 0's only
+    # stopped: asked after step 7, applied on every rank at the exchange after step 9 (every
+    # 5 steps), so both ranks took 10 steps
+    steps = 10 if stop else 20
+    assert sorted(proc.stdout.split()) == sorted(["0", str(steps), "1", str(steps)])
+    assert (info.status, info.steps) == ("interrupted" if stop else "finished", steps)
+    with open_run(info.run_dir) as r:
+        logged = [s["values"] for s in r.samples("Logged")]
+        notices = [e["message"] for e in r.events("Notice")]
+    assert len(logged) == steps // 5 and set(logged[0]) == {
+        "rank_step_s/0", "rank_step_s/1", "rank_data_forward_s/0", "rank_data_forward_s/1"}
+    # rank 1 sleeps 30 ms before its forward: its data-and-forward time is the longer
+    assert all(v["rank_data_forward_s/1"] > v["rank_data_forward_s/0"] + 0.02 for v in logged)
+    assert any("rank 1 is the straggler" in n for n in notices)

@@ -66,10 +66,11 @@ class WatchControls:
             case C.SetLR(lr=lr):
                 check_lr(lr)
                 base = self.optimizer.param_groups[0]["lr"]     # the user's own, this step
-                old, self.lr_factor = self.lr_factor, float(lr) / base
-                return (f"lr {base * old:g} -> {lr:g}: every group's lr x{self.lr_factor:.3g} "
-                        f"on top of your schedule", {"lr": float(lr), "lr_factor":
-                                                     self.lr_factor})
+                factor = float(lr) / base
+                when = self.ask_lr_factor(factor)
+                return (f"lr {base * self.lr_factor:g} -> {lr:g}: every group's lr "
+                        f"x{factor:.3g} on top of your schedule, {when}",
+                        {"lr": float(lr), "lr_factor": factor})
             case C.Pause():
                 if self.paused:
                     raise ConfigError("already paused")
@@ -86,9 +87,7 @@ class WatchControls:
                 self._single_step = True
                 return f"single step {self.step}", {}
             case C.Stop():
-                self.should_stop = True
-                return (f"stop requested before step {self.step} (run.should_stop is "
-                        f"True)", {})
+                return self.ask_stop(), {}
             case C.CaptureTrace(steps=n):
                 if self.store is None:
                     raise ConfigError("a trace needs a run directory to be written to")

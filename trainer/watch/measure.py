@@ -10,6 +10,8 @@ what one micro-batch holds for backward). The probe is the built-in trainer's
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from lsml_tui.profilers.memory import SavedActivationMeter
@@ -62,6 +64,8 @@ class Measuring:
             probe.flops.begin_forward()
 
     def forward_ends(self) -> None:
+        if self._forwards == 1:                 # a rank's own work before any collective
+            self._busy = time.perf_counter() - self._last_end
         probe = self._probe
         if probe is NULL_PROBE:
             return

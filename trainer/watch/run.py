@@ -33,6 +33,7 @@ from lsml_tui.trainer.store.writer import RunStore
 from lsml_tui.trainer.watch import seen
 from lsml_tui.trainer.watch.control import WatchControls
 from lsml_tui.trainer.watch.measure import Measuring
+from lsml_tui.trainer.watch.ranks import Ranks, world
 from lsml_tui.trainer.watch.setup import (check_arguments, follow_parent, run_dir_for,
                                            stored_config)
 
@@ -41,7 +42,7 @@ PRECISION = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16
              torch.float16: "fp16"}      # the parameters' dtype, named as the built-in runs'
 
 
-class WatchedRun(Recorder, Measuring, WatchControls):
+class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
     """``lsml_tui.watch``'s run. ``log`` after (or before) each ``optimizer.step()``;
     ``finish`` at the end (or ``with``; or leave it to the end of the script)."""
 
@@ -49,6 +50,9 @@ class WatchedRun(Recorder, Measuring, WatchControls):
                  sample_every: int = 100, profile: bool = True, sink=None,
                  forward_hooks: bool = True):
         check_arguments(model, optimizer, name, config, runs_dir, sample_every)
+        self.rank, self.world = world()
+        if self.rank != 0:                  # torchrun's other ranks: rank 0 records (ranks.py)
+            profile, runs_dir = False, None
         self.model, self.optimizer = model, optimizer
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.param_names, self.params = [n for n, _ in named], [p for _, p in named]
@@ -56,8 +60,9 @@ class WatchedRun(Recorder, Measuring, WatchControls):
         self.compiled = hasattr(model, "_orig_mod")         # torch.compile's wrapper
         config_dict, toml = stored_config(model, optimizer, name, config, sample_every)
         self.label = config_dict["model"]
-        run_dir = run_dir_for(runs_dir, self.label)
-        self.store = RunStore.create(runs_dir, config_dict, toml, run_dir=run_dir)
+        self.store = None if self.rank else RunStore.create(
+            runs_dir, config_dict, toml, run_dir=run_dir_for(runs_dir, self.label))
+        self._asked, self._period, self._straggler = {}, [0.0, 0.0, 0], None
         self.events = Coalescer(sink or (lambda batch: None))
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self.step, self.status, self.error = 0, "running", None
@@ -80,6 +85,7 @@ class WatchedRun(Recorder, Measuring, WatchControls):
         self._probe, self._saving = NULL_PROBE, None
         self._told_unmeasured = False
         self._last_end = time.perf_counter()
+        self._busy = None                   # seconds from the last step to its first forward's end
         self.train_seconds = 0.0
         self._handles = [optimizer.register_step_pre_hook(self._before_update),
                          optimizer.register_step_post_hook(self._after_update),
@@ -92,8 +98,11 @@ class WatchedRun(Recorder, Measuring, WatchControls):
                 model.register_forward_hook(self._after_forward)]
         seen.attach(self)
         follow_parent()
-        self.store.watch_commands(self.submit)
         self.sampler = SystemSampler(self.on_system_sample).start() if profile else None
+        if self.store is None:
+            self._arm()
+            return
+        self.store.watch_commands(self.submit)
         self.emit(RunStarted(0, self.store.run_id, str(self.store.run_dir), config_dict,
                              sum(p.numel() for p in model.parameters()), str(self.device),
                              PRECISION.get(self.params[0].dtype, str(self.params[0].dtype))))
@@ -116,8 +125,9 @@ class WatchedRun(Recorder, Measuring, WatchControls):
         target.setdefault("values", {}).update(values)
 
     @property
-    def run_dir(self) -> Path:
-        return self.store.run_dir
+    def run_dir(self) -> Path | None:
+        """Where the run is recorded (None on a rank other than 0)."""
+        return self.store.run_dir if self.store is not None else None
 
     def __enter__(self):
         return self
@@ -156,8 +166,9 @@ class WatchedRun(Recorder, Measuring, WatchControls):
             self._trace.abandon()
         summary = self.summary()
         self.emit(RunFinished(self.step, self.status, summary))
-        self.store.set_status(self.status, summary)
-        self.store.close()
+        if self.store is not None:
+            self.store.set_status(self.status, summary)
+            self.store.close()
         self.events.flush()
         return summary
 
@@ -217,7 +228,10 @@ class WatchedRun(Recorder, Measuring, WatchControls):
         probe.mark("optimizer")
         probe.finish(self)
         now = time.perf_counter()
-        seconds, self._last_end = now - self._last_end, now
+        seconds, self._last_end, busy = now - self._last_end, now, self._busy
+        self._period[0] += seconds
+        self._period[1] += busy if busy is not None else seconds
+        self._period[2] += 1
         self.train_seconds += seconds
         self.profiler.observe_step_time(seconds, probed=probe is not NULL_PROBE)
         self._open = {"step": self.step, "norm": self._step_norm, "threshold": self._threshold,
@@ -230,6 +244,9 @@ class WatchedRun(Recorder, Measuring, WatchControls):
                 self.emit(TraceCaptured(self.step, str(path), self._trace.steps))
                 self._trace = None
         self.step += 1
+        self._busy = None
+        if self.world > 1 and self.step % self.sample_every == 0:
+            self._exchange()                    # every rank, at this same step
         self._arm()
         self.events.poll()
 
@@ -267,7 +284,8 @@ class WatchedRun(Recorder, Measuring, WatchControls):
             values = dict(zip(names, stacked)) if names else {}
             if "val_loss" in values:            # the user's validation: the loss panel's line
                 val = values.pop("val_loss")
-                self.store.record_val(entry.step, time.time(), val)
+                if self.store is not None:
+                    self.store.record_val(entry.step, time.time(), val)
                 self.events.emit(ValMetrics(entry.step, val))
                 self.last_val_loss = val
             if values or lrs:
@@ -276,7 +294,8 @@ class WatchedRun(Recorder, Measuring, WatchControls):
     def summary(self) -> dict:
         recent = list(self.recent_losses)
         return {
-            "run_id": self.store.run_id, "run_dir": str(self.store.run_dir),
+            "run_id": self.store and self.store.run_id,
+            "run_dir": self.store and str(self.store.run_dir), "world_size": self.world,
             "status": self.status, "steps": self.step, "watched": True,
             "script": sys.argv[0] if sys.argv else None,
             "params": sum(p.numel() for p in self.model.parameters()),
