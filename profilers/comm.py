@@ -8,7 +8,18 @@ import random
 
 # One row per rank, in this order, as the ranks gather them on a sampled step.
 FIELDS = ("forward_s", "backward_s", "compute_s", "exposed_s", "step_s", "comm_busy_s",
-          "payload_bytes", "local_sq_norm", "delay_s", "param_sum", "pid")
+          "payload_bytes", "local_sq_norm", "delay_s", "param_sum", "pid",
+          "param_bytes", "grad_bytes", "optimizer_state_bytes")     # what the rank holds
+MEMORY = ("param_bytes", "grad_bytes", "optimizer_state_bytes")
+
+
+def sharded_bytes(ranks: list[dict], key: str, sharded: bool) -> float | None:
+    """What each rank should hold of `key` (ZeRO, Rajbhandari et al. 2019): the total over
+    the ranks divided by N when the mode shards it, else all of one replica's."""
+    values = [r[key] for r in ranks if r.get(key) is not None]
+    if len(values) != len(ranks) or not values:
+        return None
+    return sum(values) / len(values) if sharded else max(values)
 
 
 def harmonic(n: int) -> float:
@@ -29,7 +40,7 @@ def ranks_breakdown(rows: list[dict]) -> list[dict]:
                     "forward_s": r["forward_s"], "backward_s": r["backward_s"],
                     "comm_busy_s": r["comm_busy_s"], "delay_s": r["delay_s"],
                     "payload_bytes": int(r["payload_bytes"]), "param_sum": r["param_sum"],
-                    "pid": int(r["pid"])})
+                    "pid": int(r["pid"]), **{k: int(r[k]) for k in MEMORY if k in r}})
     return out
 
 

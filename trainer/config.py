@@ -96,6 +96,9 @@ class RunConfig:
     workers: int = _f(1, "data-parallel ranks on this machine (torch.distributed: gloo on "
                          "CPU, NCCL on CUDA); --batch-size is per rank", "int")
     sync: str = _f("allreduce", "how ranks combine gradients: " + ", ".join(specs.SYNCS), "str")
+    parallel: str = _f("ddp", "how ranks split the work: ddp (every rank holds everything) or "
+                              "zero1 (DDP with the optimizer state sharded across ranks, "
+                              "ZeroRedundancyOptimizer)", "str")
     straggle: str | None = _f(None, "injected delays before each backward: exp:20ms (every "
                                     "rank, Exp-distributed), rank1:50ms (one slow rank); "
                                     "comma-separated", "str")

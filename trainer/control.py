@@ -54,6 +54,10 @@ class Controls:
 
     def _change(self, cmd: C.Command) -> tuple[str, dict]:
         """Apply one command; return (detail, changes) or raise ConfigError with the reason."""
+        if self.dp.sharded and isinstance(cmd, (C.SetOptimizer, C.SetNorm)):
+            raise ConfigError(f"--parallel {self.cfg.parallel} shards the optimizer state "
+                              f"across ranks: a live optimizer or norm switch would rebuild it "
+                              f"on every rank; restart the run with the new setting")
         match cmd:
             case C.SetOptimizer(name=new, lr=lr, hparams=hp):
                 return self._set_optimizer(new, lr, hp)

@@ -168,6 +168,8 @@ class DistSample:
     noise_scale: float | None       # B_simple = tr(Sigma) / |G|^2 (EMA estimates)
     global_batch: int
     replicas_agree: bool            # every rank's weights sum to the same float64
+    parallel: str = "ddp"           # ddp | zero1: what the ranks shard (--parallel)
+    optimizer_state_predicted: float | None = None  # bytes per rank: total / N under zero1
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,8 @@ class Trainer(Recording, Controls, FaultPolicy):
         self.optimizer_name, self.norm = cfg.optimizer, cfg.norm
         self.base_lr, self.clip, self.weight_decay = cfg.lr, cfg.clip, cfg.weight_decay
         self.hparams = {k: getattr(cfg, k) for k in specs.OPTIMIZERS[cfg.optimizer].hparams}
-        self.optimizer = build_optimizer(cfg.optimizer, self.model, cfg.lr, cfg.weight_decay,
-                                         self.hparams)
+        self.optimizer = self.dp.shard(build_optimizer(cfg.optimizer, self.model, cfg.lr,
+                                                       cfg.weight_decay, self.hparams))
         # batches are drawn where they are used: on a GPU, nothing is copied from the host
         self.gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         self.gen = torch.Generator(self.gen_device).manual_seed(data_seed(cfg.seed, self.dp.rank))

@@ -20,6 +20,7 @@ from lsml_tui.profilers.memory import SavedActivationMeter, memory_breakdown
 from lsml_tui.profilers.peaks import cpu_peak, peak_flops
 from lsml_tui.profilers.timing import PhaseTimer
 from lsml_tui.trainer.events import FlopTable, LayerStats, MemorySample, TimingSample
+from lsml_tui.trainer.optim.optimizers import local
 
 
 class NullProbe:
@@ -113,7 +114,7 @@ class Probe(NullProbe):
         saved = dict(self.saved.by_module) if self.saved else {}
         total_saved = sum(saved.values())
         p.peak_saved = max(p.peak_saved, total_saved)
-        mem = memory_breakdown(trainer.model, trainer.optimizer.state, total_saved)
+        mem = memory_breakdown(trainer.model, local(trainer.optimizer).state, total_saved)
         p.memory = mem
         cuda_peak = (torch.cuda.max_memory_allocated(p.device) if p.device.type == "cuda"
                      else None)

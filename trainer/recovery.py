@@ -13,7 +13,7 @@ import copy
 import torch
 
 from lsml_tui.trainer.config import ConfigError
-from lsml_tui.trainer.optim.optimizers import parts
+from lsml_tui.trainer.optim.optimizers import local, parts
 
 
 class Snapshot:
@@ -22,7 +22,8 @@ class Snapshot:
         self.norm = trainer.norm
         self.optimizer_name = trainer.optimizer_name
         self.model_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        self.optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
+        # this rank's own shard under --parallel zero1: every rank rewinds at the same step
+        self.optimizer_state = copy.deepcopy(local(trainer.optimizer).state_dict())
 
     def restore(self, trainer) -> tuple[str, dict]:
         """Put the weights (and the optimizer state, if it is the same optimizer) back."""
@@ -32,7 +33,7 @@ class Snapshot:
         trainer.model.load_state_dict(self.model_state)
         same = trainer.optimizer_name == self.optimizer_name
         if same:
-            trainer.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+            local(trainer.optimizer).load_state_dict(copy.deepcopy(self.optimizer_state))
         else:                                   # another optimizer's state means nothing here
             for sub in parts(trainer.optimizer):
                 sub.state.clear()

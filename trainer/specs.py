@@ -13,6 +13,12 @@ ON_DIVERGE = ("stop", "pause", "skip")     # what a non-finite loss does to the 
 # How data-parallel ranks combine gradients: DDP's ring all-reduce, a synchronous
 # parameter server (gather to rank 0, average, scatter back), DDP's compression hooks.
 SYNCS = ("allreduce", "ps", "bf16", "powersgd")
+# how the ranks split the work: ddp replicates everything; zero1 shards the optimizer state
+PARALLEL = ("ddp", "zero1")
+# optimizers ZeRO cannot shard, and why
+UNSHARDABLE = {"muon": "it is two optimizers in one (Muon and AdamW)",
+               "svrg": "its snapshot gradient is per rank",
+               "adamw-sf": "its train/eval switch of the weights is not sharded"}
 # Math modes: auto is bf16 on a GPU that has it, fp32 elsewhere; tf32 is fp32 storage with
 # TF32 tensor-core matmuls; bf16 is autocast; fp16 is autocast with a gradient scaler.
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")

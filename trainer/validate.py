@@ -152,6 +152,18 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.workers < 1:
         raise ConfigError(f"--workers {cfg.workers} is out of range: must be an integer >= 1")
     _one_of("sync", cfg.sync, specs.SYNCS)
+    _one_of("parallel", cfg.parallel, specs.PARALLEL)
+    if cfg.parallel != "ddp":
+        if cfg.workers < 2:
+            raise ConfigError(f"--parallel {cfg.parallel} shards across ranks: it needs "
+                              f"--workers 2 or more (got {cfg.workers})")
+        if cfg.optimizer in specs.UNSHARDABLE:
+            raise ConfigError(f"--parallel {cfg.parallel} with --optimizer {cfg.optimizer}: "
+                              f"{specs.UNSHARDABLE[cfg.optimizer]}; allowed: "
+                              f"{', '.join(o for o in specs.OPTIMIZERS if o not in specs.UNSHARDABLE)}")
+        if cfg.sharpness_every is not None:
+            raise ConfigError(f"--sharpness-every with --parallel {cfg.parallel}: the "
+                              f"preconditioner it reads is sharded across ranks; use ddp")
     _one_of("precision", cfg.precision, specs.PRECISIONS)
     _one_of("compile", cfg.compile, specs.COMPILE_MODES)
     if cfg.device == "cpu" and cfg.precision == "tf32":

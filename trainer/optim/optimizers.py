@@ -132,6 +132,12 @@ def parts(opt) -> list:
     return getattr(opt, "optimizers", [opt])
 
 
+def local(opt):
+    """The optimizer whose state this process holds: a ZeroRedundancyOptimizer's shard
+    (--parallel zero1: its ``optim``), or `opt` itself."""
+    return opt.optim if type(opt).__name__ == "ZeroRedundancyOptimizer" else opt
+
+
 def nadam_mu_product(step: int, beta1: float, momentum_decay: float = 4e-3) -> float:
     """NAdam's running product of mu_t = beta1 (1 - 0.5 * 0.96^(t psi)) for t = 1..step."""
     t = torch.arange(1, step + 1, dtype=torch.float64)

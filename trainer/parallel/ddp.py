@@ -18,9 +18,11 @@ import torch
 import torch.distributed as dist
 
 from lsml_tui.profilers import comm
+from lsml_tui.profilers.memory import memory_breakdown
 from lsml_tui.profilers.noise import NoiseScale
 from lsml_tui.trainer.device import resolve_device
 from lsml_tui.trainer.events import DistSample
+from lsml_tui.trainer.optim.optimizers import local
 from lsml_tui.trainer.parallel.hooks import CommTimer, hook_for
 from lsml_tui.trainer.parallel.world import Alone, World, data_seed, fingerprint, world_from_env
 from lsml_tui.trainer.validate import parse_straggle
@@ -47,6 +49,8 @@ class DataParallel(Alone):
         self.recorder = world.rank == 0
         self.cfg, self.device = cfg, device
         self.sync = cfg.sync
+        self.parallel = getattr(cfg, "parallel", "ddp")
+        self.sharded = self.parallel != "ddp"           # the optimizer state is split
         self.straggle = parse_straggle(cfg.straggle) if cfg.straggle else ()
         # E[max injected delay] is fixed by the spec (a Monte Carlo estimate for mixed specs):
         # worked out once, not on every sample
@@ -88,6 +92,16 @@ class DataParallel(Alone):
         state, hook = hook_for(self.sync)
         ddp.register_comm_hook(state, self.timer.wrap(hook))
         return ddp
+
+    def shard(self, optimizer):
+        """--parallel zero1: the same optimizer, its state sharded across the ranks
+        (ZeroRedundancyOptimizer: each rank updates its own parameters, then broadcasts)."""
+        if self.parallel != "zero1":
+            return optimizer
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        groups = [{k: v for k, v in g.items() if k != "initial_lr"} for g in optimizer.param_groups]
+        return ZeroRedundancyOptimizer(groups, optimizer_class=type(optimizer),
+                                       **optimizer.defaults)
 
     # -- a step --------------------------------------------------------------------
 
@@ -133,7 +147,8 @@ class DataParallel(Alone):
                "step_s": end - m["start"], "comm_busy_s": t.busy,
                "payload_bytes": float(t.payload_bytes), "local_sq_norm": t.local_sq,
                "delay_s": self._delay, "param_sum": fingerprint(trainer.params),
-               "pid": float(os.getpid())}
+               "pid": float(os.getpid()),
+               **memory_breakdown(trainer.model, local(trainer.optimizer).state, 0)}
         mine = torch.tensor([row[f] for f in comm.FIELDS], dtype=torch.float64, device=self.device)
         rows = [torch.empty_like(mine) for _ in range(self.size)]
         dist.all_gather(rows, mine)
@@ -218,7 +233,9 @@ class DataParallel(Alone):
             busiest_link_bytes=wire["busiest_link"],
             **comm.bandwidth(self.sync, payload, comm_time, self.size),
             noise_scale=noise, global_batch=b * self.size,
-            replicas_agree=len({r["param_sum"] for r in ranks}) == 1)
+            replicas_agree=len({r["param_sum"] for r in ranks}) == 1, parallel=self.parallel,
+            optimizer_state_predicted=comm.sharded_bytes(ranks, "optimizer_state_bytes",
+                                                         self.sharded))
         self.last = sample
         return sample
 
@@ -227,7 +244,12 @@ class DataParallel(Alone):
         ranks = [{"rank": r, **{k: v / n for k, v in acc.items()}}
                  for r, acc in sorted(self.totals.items())]
         last = self.last
-        return {"world_size": self.size, "sync": self.sync, "ranks": ranks,
+        memory = {r["rank"]: {k: r[k] for k in comm.MEMORY if k in r}
+                  for r in (last.ranks if last else [])}
+        ranks = [{**r, **memory.get(r["rank"], {})} for r in ranks]
+        return {"world_size": self.size, "sync": self.sync, "parallel": self.parallel,
+                "optimizer_state_predicted": last.optimizer_state_predicted if last else None,
+                "ranks": ranks,
                 "noise_scale": last.noise_scale if last else None,
                 "replicas_identical": None if self.fingerprints is None
                 else len(set(self.fingerprints)) == 1,

@@ -53,6 +53,10 @@ class Alone:
     """One process: no collectives, commands straight from the queue."""
 
     rank, size, recorder = 0, 1, True
+    sharded = False                 # the optimizer state is whole here
+
+    def shard(self, optimizer):
+        return optimizer
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model

@@ -20,7 +20,9 @@ class DistributedPanel(Static):
 
     def __init__(self, cfg, **kw):
         super().__init__("waiting for the first sampled step …", **kw)
-        self.border_title = f"Data parallel: {cfg.workers} ranks, {cfg.sync}"
+        mode = getattr(cfg, "parallel", "ddp")
+        self.border_title = (f"Data parallel: {cfg.workers} ranks, {cfg.sync}"
+                             + (f", {mode}" if mode != "ddp" else ""))
         self.latest: DistSample | None = None
         self.dirty = False
 
@@ -32,6 +34,21 @@ class DistributedPanel(Static):
         if self.latest is not None:
             self.update(render(self.latest))
         self.dirty = False
+
+
+def memory(s: DistSample) -> Text:
+    """What each rank holds: parameters and gradients (whole on every rank), the optimizer
+    state per rank against ZeRO's formula (total / N when sharded)."""
+    if any(r.get("optimizer_state_bytes") is None for r in s.ranks):
+        return Text()
+    first = s.ranks[0]
+    out = Text(f"\nparams {nbytes(first['param_bytes'])}, grads {nbytes(first['grad_bytes'])} "
+               f"on every rank\n")
+    held = "  ".join(f"r{r['rank']} {nbytes(r['optimizer_state_bytes'])}" for r in s.ranks)
+    formula = (f"{s.parallel}: total/N = {nbytes(s.optimizer_state_predicted)}"
+               if s.parallel != "ddp" else "ddp: a whole copy each")
+    out.append(f"optimizer state {held} ({formula})")
+    return out
 
 
 def render(s: DistSample) -> Text:
@@ -62,6 +79,7 @@ def render(s: DistSample) -> Text:
     out.append(f"algbw {si(s.algbw, 'B/s')}  busbw {si(s.busbw, 'B/s')}\n")
     noise = "N/A" if s.noise_scale is None else f"{s.noise_scale:.3g}"
     out.append(f"noise scale {noise} vs global batch {s.global_batch}")
+    out.append_text(memory(s))
     if not s.replicas_agree:
         out.append("\nreplicas differ!", style="bold red")
     return out

@@ -218,6 +218,10 @@ def distributed_summary(run: RunData) -> dict | None:
                              if s["noise_scale"] is not None), None),
         "global_batch": last.get("global_batch", batch * config["workers"] if batch else None),
         "replicas_agree": all(s["replicas_agree"] for s in samples) if samples else None,
+        # --parallel: what each rank holds at the last sample, against ZeRO's formula
+        "parallel": last.get("parallel", config.get("parallel", "ddp")),
+        "optimizer_state_per_rank": [r.get("optimizer_state_bytes") for r in last.get("ranks", [])],
+        "optimizer_state_predicted": last.get("optimizer_state_predicted"),
     }
 
 

@@ -101,7 +101,20 @@ def distributed_summary_rows(r: dict) -> list[list[str]]:
          "N/A" if d["slowest_rank"] is None else f"rank {d['slowest_rank']}"],
         ["noise scale vs global batch", f"{noise} vs {d['global_batch'] or 'N/A'}"],
         ["replicas agree", agree[d["replicas_agree"]]],
+        ["optimizer state per rank (--parallel)", _held(d)],
     ]
+
+
+def _held(d: dict) -> str:
+    """Each rank's optimizer state bytes against the formula: a whole replica under ddp,
+    total / N under zero1."""
+    held = d.get("optimizer_state_per_rank") or []
+    if not held or any(v is None for v in held):
+        return "N/A"
+    formula = ("a whole copy each" if d.get("parallel", "ddp") == "ddp" else
+               f"total / N = {nbytes(d.get('optimizer_state_predicted'))}")
+    return (", ".join(f"rank {i} {nbytes(v)}" for i, v in enumerate(held))
+            + f" ({d.get('parallel', 'ddp')}: {formula})")
 
 
 def _bytes_by(value, formula: str | None) -> str:
