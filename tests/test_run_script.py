@@ -3,6 +3,7 @@ under the dashboard (Pilot and a real terminal), and the examples as users run t
 
 import asyncio
 import shutil
+import subprocess
 import sys
 import time
 import textwrap
@@ -195,3 +196,24 @@ def test_closing_the_terminal_ends_the_script_with_its_run_recorded(tmp_path):
     assert alive(procs) == []
     (info,) = list_runs(runs)
     assert info.status == "interrupted"
+
+
+def test_a_killed_lsml_tui_leaves_no_script_running(tmp_path):
+    """lsml-tui killed outright (SIGKILL: nothing of it runs any more): the script notices
+    its parent is gone and ends as on SIGTERM, its run recorded interrupted."""
+    runs = tmp_path / "runs"
+    proc = psutil.Popen([sys.executable, "-m", "lsml_tui.tui.cli", "run", "--headless",
+                         "--runs-dir", str(runs), str(script(tmp_path, 100_000, sleep=0.01))],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (list_runs(runs) if runs.exists() else []):
+        time.sleep(0.2)
+    children = proc.children(recursive=True)
+    assert children, "the script did not start"
+    time.sleep(1.0)                             # a few steps in
+    proc.kill()
+    proc.wait()
+    psutil.wait_procs(children, timeout=30)
+    assert alive(children) == []
+    (info,) = list_runs(runs)
+    assert info.status == "interrupted" and info.steps > 0

@@ -104,6 +104,8 @@ class RunConfig:
                                     "comma-separated", "str")
     dist_timeout: float = _f(60.0, "seconds a rank waits for the others in a collective before "
                                    "the run fails (a dead or hung rank)", "float")
+    oversubscribe: bool = _f(False, "allow more CPU ranks (--workers) than this machine has "
+                                    "cores (each rank then gets a share of a core; slow)", "bool")
     deterministic: bool = _f(False, "torch's deterministic algorithms (same seed, same losses "
                                     "on CUDA too; slower)", "bool")
     precision: str = _f("auto", "math mode: " + ", ".join(specs.PRECISIONS) + " (auto: bf16 on "

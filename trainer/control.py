@@ -17,7 +17,43 @@ from lsml_tui.trainer.optim.optimizers import rebuild_keeping_state, switch_opti
 from lsml_tui.trainer.validate import check_clip, check_lr
 
 
-class Controls:
+class RunControls:
+    """Pause, resume, single step and trace: what every run does alike with a command, the
+    built-in trainer (``Controls``) and a watched script (watch/control.py)."""
+
+    def run_control(self, cmd: C.Command) -> tuple[str, dict] | None:
+        """(detail, changes) for one of these commands, None for any other."""
+        match cmd:
+            case C.Pause():
+                if self.paused:
+                    raise ConfigError("already paused")
+                self.paused = True
+                return f"paused before step {self.step}", {"paused": True}
+            case C.Resume():
+                if not self.paused:
+                    raise ConfigError("not paused")
+                self.paused = False
+                return f"resumed at step {self.step}", {"paused": False}
+            case C.SingleStep():
+                if not self.paused:
+                    raise ConfigError("single step applies while paused; pause first")
+                self._single_step = True
+                return f"single step {self.step}", {}
+            case C.CaptureTrace(steps=n):
+                if self.store is None:
+                    raise ConfigError("a trace needs a run directory to be written to")
+                if self._trace is not None:
+                    raise ConfigError("a trace is already being captured")
+                if not 1 <= n <= 100:
+                    raise ConfigError(f"trace steps {n} is out of range: must be 1 to 100")
+                path = self.store.run_dir / f"trace-step{self.step}.json"
+                self._trace = TraceCapture(path, n, self.device)
+                return f"tracing steps {self.step} to {self.step + n - 1} into {path.name}", {
+                    "path": str(path)}
+        return None
+
+
+class Controls(RunControls):
     """What ``Trainer`` does with a command."""
 
     def submit(self, cmd: C.Command) -> None:
@@ -58,6 +94,9 @@ class Controls:
             raise ConfigError(f"--parallel {self.cfg.parallel} shards the optimizer state "
                               f"across ranks: a live optimizer or norm switch would rebuild it "
                               f"on every rank; restart the run with the new setting")
+        common = self.run_control(cmd)
+        if common is not None:
+            return common
         match cmd:
             case C.SetOptimizer(name=new, lr=lr, hparams=hp):
                 return self._set_optimizer(new, lr, hp)
@@ -87,21 +126,6 @@ class Controls:
                 old, self.clip = self.clip, t
                 fmt = lambda v: "off" if v is None else f"{v:g}"  # noqa: E731
                 return f"clip {fmt(old)} -> {fmt(t)}", {"clip": t, "previous": old}
-            case C.Pause():
-                if self.paused:
-                    raise ConfigError("already paused")
-                self.paused = True
-                return f"paused before step {self.step}", {"paused": True}
-            case C.Resume():
-                if not self.paused:
-                    raise ConfigError("not paused")
-                self.paused = False
-                return f"resumed at step {self.step}", {"paused": False}
-            case C.SingleStep():
-                if not self.paused:
-                    raise ConfigError("single step applies while paused; pause first")
-                self._single_step = True
-                return f"single step {self.step}", {}
             case C.Rewind():
                 detail = self.snapshot.restore(self)
                 self._restart_average_and_svrg()
@@ -110,17 +134,6 @@ class Controls:
             case C.Stop():
                 self._stop = True
                 return f"stop requested before step {self.step}", {}
-            case C.CaptureTrace(steps=n):
-                if self.store is None:
-                    raise ConfigError("a trace needs a run directory to be written to")
-                if self._trace is not None:
-                    raise ConfigError("a trace is already being captured")
-                if not 1 <= n <= 100:
-                    raise ConfigError(f"trace steps {n} is out of range: must be 1 to 100")
-                path = self.store.run_dir / f"trace-step{self.step}.json"
-                self._trace = TraceCapture(path, n, self.device)
-                return f"tracing steps {self.step} to {self.step + n - 1} into {path.name}", {
-                    "path": str(path)}
         raise ConfigError(f"unknown command {cmd!r}")
 
     def _restart_average_and_svrg(self) -> None:

@@ -16,8 +16,7 @@ from lsml_tui.trainer.config import RunConfig
 from lsml_tui.trainer.control import Controls
 from lsml_tui.trainer.data import build_task
 from lsml_tui.trainer.device import make_deterministic, resolve_device
-from lsml_tui.trainer.events import (Coalescer, RecordingProblem, RunFailed, RunFinished,
-                                     RunStarted, TraceCaptured)
+from lsml_tui.trainer.events import (Coalescer, RecordingProblem, RunFailed, RunStarted, TraceCaptured)
 from lsml_tui.trainer.faults import FaultPolicy
 from lsml_tui.trainer.guard import Guard, ReadBack, grad_norms
 from lsml_tui.trainer.models import build_model, num_params
@@ -165,16 +164,7 @@ class Trainer(Recording, Controls, FaultPolicy):
             self.emit(RunFailed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
         if self.status != "failed":             # every rank got here at the same step
             self.dp.finish(self)
-        if sampler is not None:
-            sampler.stop()
-        if self._trace is not None:
-            self._trace.abandon()
-        summary = self.summary()
-        self.emit(RunFinished(self.step, self.status, summary))
-        if self.store is not None:
-            self.store.set_status(self.status, summary)
-        self.events.flush()
-        return summary
+        return self.record_end(sampler)
 
     def advance(self) -> bool:
         """One step of the run loop: train, settle the steps whose values are back, validate

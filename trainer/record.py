@@ -15,16 +15,17 @@ import time
 
 import torch
 
-from lsml_tui.trainer.events import (AveragedVal, ClipEvent, StepMetrics, SystemSample,
-                                     TheorySample, ValMetrics)
+from lsml_tui.trainer.events import (AveragedVal, ClipEvent, RunFinished, StepMetrics,
+                                     SystemSample, TheorySample, ValMetrics)
 from lsml_tui.trainer.models import num_params
 from lsml_tui.trainer.optim.optimizers import evaluating
 
 
 class Recorder:
     """Records a run. Needs ``events`` (a Coalescer), ``store`` (a RunStore or None),
-    ``step``, ``initial_loss``, ``recent_losses`` (a bounded deque), ``last_grad_norm`` and
-    ``clip_count``."""
+    ``step``, ``status``, ``initial_loss``, ``recent_losses`` (a bounded deque),
+    ``last_grad_norm``, ``clip_count``, ``_trace`` (a TraceCapture or None) and
+    ``summary()``."""
 
     def emit(self, event) -> None:
         self.events.emit(event)
@@ -38,6 +39,21 @@ class Recorder:
 
     def on_system_sample(self, sample: dict) -> None:  # on the sampler's thread
         self.emit_sample(SystemSample(self.step, sample))
+
+    def record_end(self, sampler) -> dict:
+        """The run has ended with ``status``: stop the system `sampler` (or None) and a trace
+        in progress, record the summary and the status, send what is buffered; return the
+        summary."""
+        if sampler is not None:
+            sampler.stop()
+        if self._trace is not None:
+            self._trace.abandon()
+        summary = self.summary()
+        self.emit(RunFinished(self.step, self.status, summary))
+        if self.store is not None:
+            self.store.set_status(self.status, summary)
+        self.events.flush()
+        return summary
 
     def record_clip(self, step: int, norm: float, threshold: float) -> float:
         """A clip event at `step`; returns the factor the gradients were scaled by

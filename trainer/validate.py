@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from lsml_tui.trainer import specs
@@ -151,6 +152,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"--device {cfg.device!r} is not one of: auto, cpu, cuda, cuda:N, mps")
     if cfg.workers < 1:
         raise ConfigError(f"--workers {cfg.workers} is out of range: must be an integer >= 1")
+    if cfg.device == "cpu":
+        check_cores(cfg.workers, cfg.oversubscribe)
     _one_of("sync", cfg.sync, specs.SYNCS)
     _one_of("parallel", cfg.parallel, specs.PARALLEL)
     if cfg.parallel != "ddp":
@@ -196,6 +199,20 @@ def parse_straggle(text: str) -> tuple[tuple[int | None, float], ...]:
     return tuple(out)
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_cores(workers: int, oversubscribe: bool) -> None:
+    """CPU ranks share the cores (each gets cores / N threads): more ranks than cores is
+    refused unless asked for."""
+    if workers > cores() and not oversubscribe:
+        raise ConfigError(f"--workers {workers} is more than the {cores()} cores here: CPU "
+                          f"ranks share the cores (cores / N threads each); use --workers "
+                          f"{cores()} or fewer, or --oversubscribe to run them anyway")
+
+
 def check_average(text: str) -> None:
     m = re.fullmatch(r"polyak|ema:(\d*\.?\d+(?:e-?\d+)?)", text)
     if not m or (m.group(1) is not None and not 0 < float(m.group(1)) < 1):
@@ -223,12 +240,26 @@ def check_runs_dir(runs_dir: str) -> None:
         raise ConfigError(f"--runs-dir {runs_dir!r} is not a directory ({str(probe)!r} is a file)")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"--runs-dir {runs_dir!r} is not writable ({str(probe)!r} denies writing)")
+    why = _cannot_create_in(probe)
+    if why:
+        raise ConfigError(f"--runs-dir {runs_dir!r} cannot be created ({str(probe)!r}: {why})")
+
+
+def _cannot_create_in(folder: Path) -> str | None:
+    """Why nothing can be made in `folder` (a file system that says writable and is not:
+    /proc, a read-only mount, a full disk), or None; tried with a directory removed at once."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lsml-tui-probe-", dir=folder))
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def check_out_dir(path: str) -> str:
     """An --out directory that exists or can be made and written; returned as given."""
     p = Path(path)
     existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) \
+            or _cannot_create_in(existing):
         raise ConfigError(f"--out {path!r} cannot be written (nearest existing: {existing})")
     return path

@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_headless(cfg, json_out="json" in args, progress="no_progress" not in args)
         if cfg.device != "cpu" and (cfg.device != "auto" or cfg.workers > 1
                                     or cfg.precision in ("tf32", "bf16")):
-            from lsml_tui.trainer.parallel.launch import (
-                preflight,  # a GPU it lacks, more CUDA ranks
-            )
-            preflight(cfg)                                  # than GPUs: refused now (torch)
+            # a GPU it lacks, more CUDA ranks than GPUs, more CPU ranks than cores: refused
+            # now (imports torch)
+            from lsml_tui.trainer.parallel.launch import preflight
+            preflight(cfg)
         return run_dashboard(cfg)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -143,14 +143,7 @@ class ScriptBridge(FollowBridge):
         if self._stopped:
             return []
         self._stopped = True
-        popen = self.process.popen
-        if popen.poll() is None:
-            popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+        end_script(self.process.popen, timeout)
         return []               # its last rows are in the store (read on this bridge's thread)
 
 
@@ -161,3 +154,17 @@ class ScriptOutput:
 
     def __init__(self, text: str):
         self.text = text
+
+
+def end_script(popen, grace: float = 10.0) -> int:
+    """However the dashboard or ``lsml-tui run`` ends, the script does not outlive it:
+    SIGTERM (its run is recorded interrupted), then SIGKILL after `grace` seconds; its
+    exit status."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+    return popen.returncode

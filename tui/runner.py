@@ -24,6 +24,7 @@ from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.trainer.store.schema import DB_NAME
 from lsml_tui.trainer.store.writer import new_run_id
 from lsml_tui.trainer.validate import check_runs_dir
+from lsml_tui.tui.follow import end_script
 
 ENV_RUN_DIR, ENV_PARENT = "LSML_TUI_RUN_DIR", "LSML_TUI_PARENT"   # read by lsml_tui.watch
 OUTPUT = "output.log"
@@ -65,7 +66,7 @@ def main(argv: list[str], prog: str, make) -> int:
             return follow_headless(run_dir, proc, script.name)
         return run_dashboard(run_dir, proc, script.name)
     finally:
-        end(proc)
+        end_script(proc)
 
 
 def start(script: Path, args: list[str], run_dir: Path, own_session: bool) -> subprocess.Popen:
@@ -94,19 +95,6 @@ def wait_for_run(run_dir: Path, proc: subprocess.Popen) -> bool:
         if proc.poll() is not None or time.monotonic() > deadline:
             return False
         time.sleep(0.05)
-
-
-def end(proc: subprocess.Popen, grace: float = 10.0) -> int:
-    """However we leave, the script does not outlive us: SIGTERM (its run is recorded
-    interrupted), then SIGKILL after `grace` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def exit_status(code: int | None) -> int:
@@ -154,7 +142,7 @@ def follow_headless(run_dir: Path, proc: subprocess.Popen, name: str) -> int:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-    code = end(proc)
+    code = end_script(proc)
     with open_run(run_dir) as r:
         info = r.info()
     console.print(f"{name} {info.status}: {info.steps} steps, final loss "

@@ -21,7 +21,7 @@ except ImportError:
 import torch
 
 from lsml_tui.trainer.watch.run import WatchedRun
-from lsml_tui.trainer.watch.setup import check_options
+from lsml_tui.trainer.watch.setup import callback_options
 
 
 class LsmlTuiCallback(Callback):
@@ -31,9 +31,7 @@ class LsmlTuiCallback(Callback):
 
     def __init__(self, name: str | None = None, config: dict | None = None,
                  runs_dir="runs", sample_every: int = 100, profile: bool = True):
-        check_options(name, config, sample_every)
-        self.options = dict(name=name, config=config, runs_dir=runs_dir,
-                            sample_every=sample_every, profile=profile)
+        self.options = callback_options(name, config, runs_dir, sample_every, profile)
         self.run: WatchedRun | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:

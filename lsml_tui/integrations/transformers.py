@@ -15,7 +15,7 @@ except ImportError:
                       "install it with: pip install 'lsml-tui[transformers]'") from None
 
 from lsml_tui.trainer.watch.run import WatchedRun
-from lsml_tui.trainer.watch.setup import check_options
+from lsml_tui.trainer.watch.setup import callback_options
 
 
 class LsmlTuiCallback(TrainerCallback):
@@ -25,9 +25,7 @@ class LsmlTuiCallback(TrainerCallback):
 
     def __init__(self, name: str | None = None, config: dict | None = None,
                  runs_dir="runs", sample_every: int = 100, profile: bool = True):
-        check_options(name, config, sample_every)
-        self.options = dict(name=name, config=config, runs_dir=runs_dir,
-                            sample_every=sample_every, profile=profile)
+        self.options = callback_options(name, config, runs_dir, sample_every, profile)
         self.run: WatchedRun | None = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):

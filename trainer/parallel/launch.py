@@ -18,6 +18,7 @@ from pathlib import Path
 from lsml_tui.trainer import commands as C
 from lsml_tui.trainer.config import ConfigError, RunConfig, to_toml
 from lsml_tui.trainer.store.writer import RunStore, mark_failed, new_run_id
+from lsml_tui.trainer.validate import check_cores
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -44,6 +45,8 @@ def check_workers(cfg: RunConfig) -> None:
                           f"for gloo ranks")
     if device.type == "mps":
         raise ConfigError("--workers > 1 is not available on mps; use --device cpu")
+    if device.type == "cpu":                    # --device auto on a machine without a GPU
+        check_cores(cfg.workers, cfg.oversubscribe)
 
 
 def rank_main(config: dict, config_toml: str, run_dir: str | None, events=None,

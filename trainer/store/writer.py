@@ -132,8 +132,11 @@ class RunStore:
                     if item is None:
                         stop = True
                         break
-                    if len(pending) >= self.max_pending and item[0] in METRICS:
-                        self.dropped[METRICS[item[0]]] += 1      # disk full for long: drop
+                    # the disk full for long: drop metric rows past the bound (a burst
+                    # while writes succeed is never dropped, however large)
+                    if self._failing and len(pending) >= self.max_pending \
+                            and item[0] in METRICS:
+                        self.dropped[METRICS[item[0]]] += 1
                     else:
                         pending.append(item)
                     item = self._queue.get_nowait()

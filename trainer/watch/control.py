@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import queue
 
-from lsml_tui.profilers.trace import TraceCapture
 from lsml_tui.trainer import commands as C
 from lsml_tui.trainer.config import ConfigError
+from lsml_tui.trainer.control import RunControls
 from lsml_tui.trainer.events import CommandApplied, CommandRefused
 from lsml_tui.trainer.validate import check_lr
 
@@ -26,7 +26,7 @@ REFUSED = {             # what a watched loop cannot do, and why
 }
 
 
-class WatchControls:
+class WatchControls(RunControls):
     """What a watched run does with a command (see the module's docstring)."""
 
     def submit(self, cmd: C.Command) -> None:
@@ -62,6 +62,9 @@ class WatchControls:
     def _change(self, cmd: C.Command) -> tuple[str, dict]:
         if type(cmd) in REFUSED:
             raise ConfigError(f"not for a watched run: {REFUSED[type(cmd)]}")
+        common = self.run_control(cmd)          # pause, resume, single step, trace
+        if common is not None:
+            return common
         match cmd:
             case C.SetLR(lr=lr):
                 check_lr(lr)
@@ -71,32 +74,6 @@ class WatchControls:
                 return (f"lr {base * self.lr_factor:g} -> {lr:g}: every group's lr "
                         f"x{factor:.3g} on top of your schedule, {when}",
                         {"lr": float(lr), "lr_factor": factor})
-            case C.Pause():
-                if self.paused:
-                    raise ConfigError("already paused")
-                self.paused = True
-                return f"paused before step {self.step}", {"paused": True}
-            case C.Resume():
-                if not self.paused:
-                    raise ConfigError("not paused")
-                self.paused = False
-                return f"resumed at step {self.step}", {"paused": False}
-            case C.SingleStep():
-                if not self.paused:
-                    raise ConfigError("single step applies while paused; pause first")
-                self._single_step = True
-                return f"single step {self.step}", {}
             case C.Stop():
                 return self.ask_stop(), {}
-            case C.CaptureTrace(steps=n):
-                if self.store is None:
-                    raise ConfigError("a trace needs a run directory to be written to")
-                if self._trace is not None:
-                    raise ConfigError("a trace is already being captured")
-                if not 1 <= n <= 100:
-                    raise ConfigError(f"trace steps {n} is out of range: must be 1 to 100")
-                path = self.store.run_dir / f"trace-step{self.step}.json"
-                self._trace = TraceCapture(path, n, self.device)
-                return f"tracing steps {self.step} to {self.step + n - 1} into {path.name}", {
-                    "path": str(path)}
         raise ConfigError(f"unknown command {cmd!r}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from lsml_tui.profilers.system import SystemSampler
-from lsml_tui.trainer.events import (Coalescer, Logged, Notice, RunFailed, RunFinished, RunStarted,
+from lsml_tui.trainer.events import (Coalescer, Logged, Notice, RunFailed, RunStarted,
                                      TraceCaptured, ValMetrics)
 from lsml_tui.trainer.guard import ReadBack, grad_norms
 from lsml_tui.trainer.profiling import NULL_PROBE, Profiler
@@ -160,16 +160,9 @@ class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
         for h in self._handles:
             h.remove()
         seen.detach(self)
-        if self.sampler is not None:
-            self.sampler.stop()
-        if self._trace is not None:
-            self._trace.abandon()
-        summary = self.summary()
-        self.emit(RunFinished(self.step, self.status, summary))
+        summary = self.record_end(self.sampler)
         if self.store is not None:
-            self.store.set_status(self.status, summary)
             self.store.close()
-        self.events.flush()
         return summary
 
     # -- hooks --------------------------------------------------------------------------

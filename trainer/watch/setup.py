@@ -24,12 +24,24 @@ from lsml_tui.trainer.worker import on_parent_exit
 ENV_RUN_DIR, ENV_PARENT = "LSML_TUI_RUN_DIR", "LSML_TUI_PARENT"     # set by lsml-tui run
 
 
+_following: list = []            # the parent watched already (one watchdog per process)
+
+
 def follow_parent() -> None:
     """Under ``lsml-tui run``: if lsml-tui dies (even killed outright), end as on SIGTERM,
     so the run is recorded interrupted and nothing is left running."""
     parent = os.environ.get(ENV_PARENT)
-    if parent and parent.isdigit() and int(parent) == os.getppid():
+    if parent and parent.isdigit() and int(parent) == os.getppid() and not _following:
+        _following.append(int(parent))
         on_parent_exit(lambda: os.kill(os.getpid(), signal.SIGTERM), parent=int(parent))
+
+
+def callback_options(name, config, runs_dir, sample_every, profile) -> dict:
+    """A framework callback's options, checked before it has a model: ``watch``'s
+    keyword arguments, or TypeError or ValueError."""
+    check_options(name, config, sample_every)
+    return dict(name=name, config=config, runs_dir=runs_dir, sample_every=sample_every,
+                profile=profile)
 
 
 def check_options(name, config, sample_every) -> None:
