@@ -38,7 +38,10 @@ def test_the_loss_panel_draws_the_averaged_weights_validation_loss(tmp_path):
         return panel.averaged.points(), panel.val.points(), panel.heading, panel.render().plain
     (axs, ays), (vxs, vys), heading, text = drawn(cfg, events, LossPanel, read)
     assert (axs, ays) == (steps, averaged) and (vxs, vys) == (steps, raw)
-    assert heading == "train 0.0066  val 0.1000  avg 0.0047"       # 1/151 = 0.00662
+    # the training loss's EMA at step 150 (decay 0.98, bias-corrected): the gap is the last
+    # validation loss minus it; values print with four significant figures (1/151 = 0.006623)
+    ema = sum(0.02 * 0.98 ** (150 - t) / (t + 1) for t in range(151)) / (1 - 0.98 ** 151)
+    assert heading == f"train 0.006623  val 0.1  best 0.1@150  gap {0.1 - ema:+.3g}  avg 0.0047"
     assert "avg 0.0047" in text and "val (averaged)" in text
 
 
@@ -47,7 +50,8 @@ def test_a_run_without_averaging_has_no_averaged_series(tmp_path):
     events = [RunStarted(0, "r", "", {}, 32, "cpu"), StepMetrics(0, 0.5, 0.1, 1.0, False, 1.0, 0.0),
               ValMetrics(0, 0.25)]
     count, heading = drawn(cfg, events, LossPanel, lambda p: (p.averaged.count, p.heading))
-    assert count == 0 and heading == "train 0.5000  val 0.2500"
+    # one step: the EMA is the loss itself, so the gap is 0.25 - 0.5
+    assert count == 0 and heading == "train 0.5  val 0.25  best 0.25@0  gap -0.25"
 
 
 def theory_info():

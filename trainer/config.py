@@ -79,6 +79,11 @@ class RunConfig:
     seed: int = _f(0, "random seed for weights and data", "int")
     val_every: int = _f(100, "steps between validation losses", "int")
     val_batches: int = _f(4, "batches per validation loss", "int")
+    early_stop: int | None = _f(None, "stop when the validation loss has not improved for this "
+                                "many validations in a row (patience, as Keras and Lightning); "
+                                "off by default", "int")
+    restore_best: bool | None = _f(None, "end the run with the weights of its best validation "
+                                   "loss (default: on with --early-stop, else off)", "bool")
     profile: bool = _f(True, "live profiling: FLOPs, saved activations, per-layer gradients, "
                              "timing, system load", "bool")
     sample_every: int = _f(100, "steps between profiling samples", "int")

@@ -46,7 +46,7 @@ def run_headless(cfg: RunConfig, json_out: bool = False, progress: bool = True) 
     run_dir = Path(cfg.runs_dir) / new_run_id(cfg.model)
     console = Console(stderr=True)
     bar = Progress(TextColumn("[bold]{task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} steps/s"),
+                   TextColumn("loss {task.fields[loss]:.4g}  {task.fields[rate]:.0f} steps/s"),
                    TimeRemainingColumn(), console=console, disable=not progress,
                    refresh_per_second=5)
     task = bar.add_task("train", total=cfg.steps, run=run_dir.name, loss=float("nan"), rate=0.0)

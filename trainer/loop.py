@@ -30,6 +30,7 @@ from lsml_tui.trainer.profiling import NULL_PROBE, Profiler
 from lsml_tui.trainer.record import Recording
 from lsml_tui.trainer.recovery import Snapshot, is_out_of_memory
 from lsml_tui.trainer.watches.divergence import BlowUpWatch
+from lsml_tui.trainer.watches.generalization import BestWatch
 from lsml_tui.trainer.watches.noise import NoiseWatch
 from lsml_tui.trainer.watches.sharpness import SharpnessWatch
 from lsml_tui.trainer.watches.theory import TheoryWatch
@@ -94,6 +95,9 @@ class Trainer(Recording, Controls, FaultPolicy):
         self._stop = False
         self._bad_in_row = 0                # skipped steps in a row (non-finite loss or grads)
         self.blow_up = BlowUpWatch(cfg.diverge_factor, cfg.diverge_steps)
+        self.best = BestWatch(cfg.early_stop, bool(cfg.restore_best))
+        self.stopped_early = False          # --early-stop ended the run: it is 'finished'
+        self.restored_best = False
         self.snapshot = Snapshot(self)      # the last good state, for a rewind
         if store is not None:               # disk full, I/O errors: the user is told
             store.on_problem = lambda message, dropped: self.emit(
@@ -144,7 +148,7 @@ class Trainer(Recording, Controls, FaultPolicy):
                     self.status = "diverged"
                     break
                 if self._stop:
-                    self.status = "interrupted"
+                    self.status = "finished" if self.stopped_early else "interrupted"
                     break
                 if self.paused and not self._single_step:
                     continue                               # a pause just arrived: wait
@@ -164,6 +168,9 @@ class Trainer(Recording, Controls, FaultPolicy):
             self.emit(RunFailed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
         if self.status != "failed":             # every rank got here at the same step
             self.dp.finish(self)
+        if self.cfg.restore_best and self.status in ("finished", "interrupted") \
+                and self.dp.recorder:
+            self.restore_best()
         return self.record_end(sampler)
 
     def advance(self) -> bool:

@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from lsml_tui.trainer.events import (AveragedVal, ClipEvent, RunFinished, StepMetrics,
+from lsml_tui.trainer.commands import Stop
+from lsml_tui.trainer.events import (AveragedVal, ClipEvent, Notice, RunFinished, StepMetrics,
                                      SystemSample, TheorySample, ValMetrics)
 from lsml_tui.trainer.models import num_params
 from lsml_tui.trainer.optim.optimizers import evaluating
@@ -125,6 +126,24 @@ class Recording(Recorder):
         if self.store is not None:
             self.store.record_val(step, time.time(), self.last_val_loss)
         self.events.emit(ValMetrics(step, self.last_val_loss))
+        self.final_gap_val = self.last_val_loss     # the gap is the trained state's, not a restore's
+        if self.best.observe(step, self.last_val_loss, self.model) and not self.stopped_early:
+            self.stopped_early = True               # every rank stops at one step: a command
+            self.emit(Notice(step, f"early stopping: no better validation loss for "
+                                   f"{self.best.patience} validations (best "
+                                   f"{self.best.best_loss:.4g} at step {self.best.best_step})"))
+            self.submit(Stop())
+
+    def restore_best(self) -> None:
+        """--restore-best: end with the best validation's weights, validated again on the
+        same batches (so the final validation loss is the best one)."""
+        if not self.best.restore(self.model):
+            return
+        self.restored_best = True
+        with evaluating(self.optimizer):
+            self.last_val_loss = self.val_loss(self.model)
+        self.emit(Notice(self.step, f"restored the weights of step {self.best.best_step}, "
+                                    f"the best validation loss ({self.last_val_loss:.4g})"))
 
     def summary(self) -> dict:
         recent = list(self.recent_losses)
@@ -145,6 +164,11 @@ class Recording(Recorder):
             "initial_train_loss": self.initial_loss,
             "final_train_loss": sum(recent) / len(recent) if recent else None,
             "final_val_loss": self.last_val_loss,
+            **self.best.summary(sum(recent) / len(recent) if recent else None,
+                                getattr(self, "final_gap_val", None)),
+            **({"early_stop": self.cfg.early_stop, "stopped_early": self.stopped_early}
+               if self.cfg.early_stop is not None else {}),
+            **({"restored_best": self.restored_best} if self.cfg.restore_best else {}),
             **({"average": self.cfg.average, "final_val_loss_averaged":
                 self.last_val_loss_averaged} if self.average else {}),
             "last_grad_norm": self.last_grad_norm,

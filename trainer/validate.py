@@ -177,8 +177,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if not (math.isfinite(cfg.dist_timeout) and cfg.dist_timeout > 0):
         raise ConfigError(f"--dist-timeout {cfg.dist_timeout} is out of range: must be a "
                           f"number of seconds > 0")
+    if cfg.early_stop is not None and cfg.early_stop < 1:
+        raise ConfigError(f"--early-stop {cfg.early_stop} is out of range: must be an integer "
+                          f">= 1 (validations without a new best; leave it out for off)")
+    restore = cfg.early_stop is not None if cfg.restore_best is None else cfg.restore_best
     return cfg.replace(norm=norm, lr=lr, weight_decay=wd, batch_size=batch, on_diverge=on_diverge,
-                       warmup_steps=warmup, decay_every=decay, **hp)
+                       warmup_steps=warmup, decay_every=decay, restore_best=restore, **hp)
 
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}

@@ -27,6 +27,8 @@ class LossPanel(PlotextPlot):
         self.averaged = Series()                    # val loss of the averaged weights (--average)
         self.heading = ""                           # the title line last drawn
         self._ema = EMA()
+        self.best: tuple[int, float] | None = None
+        self.gap: float | None = None
         self.markers: list[tuple[int, str]] = []   # (step, what changed)
         self.dirty = True
 
@@ -36,6 +38,10 @@ class LossPanel(PlotextPlot):
             self.train_ema.append(e.step, self._ema.update(e.loss))
         elif isinstance(e, ValMetrics):
             self.val.append(e.step, e.val_loss)
+            if self.best is None or e.val_loss < self.best[1]:
+                self.best = (e.step, e.val_loss)        # the lowest validation loss so far
+            if self.train_ema.count:                    # the gap: validation minus training
+                self.gap = e.val_loss - self.train_ema.last     # loss at the same step
         elif isinstance(e, AveragedVal):
             self.averaged.append(e.step, e.val_loss)
         elif isinstance(e, CommandApplied) and e.command.split()[0] in SWITCHES:
@@ -72,10 +78,16 @@ class LossPanel(PlotextPlot):
                      marker="braille", color=AVERAGED_COLOR)
         for step, _ in self.markers:
             plt.vline(step, "orange")
+        if self.best is not None:                       # where validation was lowest
+            plt.scatter([self.best[0]], [self.best[1]], marker="x", color="green")
         plt.yscale("log" if self.log_scale else "linear")
-        last = [f"train {self.train.last:.4f}"] + ([f"val {self.val.last:.4f}"] if self.val.count else [])
+        last = [f"train {self.train.last:.4g}"] + ([f"val {self.val.last:.4g}"] if self.val.count else [])
+        if self.best is not None:
+            last.append(f"best {self.best[1]:.4g}@{self.best[0]}")
+        if self.gap is not None:
+            last.append(f"gap {self.gap:+.3g}")
         if self.averaged.count:
-            last.append(f"avg {self.averaged.last:.4f}")
+            last.append(f"avg {self.averaged.last:.4g}")
         self.heading = "  ".join(last) + ("  [log]" if self.log_scale else "")
         plt.title(self.heading)
         self.dirty = False

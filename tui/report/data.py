@@ -90,6 +90,12 @@ def steps_per_second(run: RunData) -> float | None:
     return len(seconds) / sum(seconds) if seconds else None
 
 
+def _best_val_step(val: dict) -> int | None:
+    finite = [(loss, step) for step, loss in zip(val["step"], val["loss"])
+              if loss is not None and math.isfinite(loss)]
+    return min(finite)[1] if finite else None
+
+
 def summarize(run: RunData) -> dict:
     """Everything a report states about one run, as plain JSON-ready data."""
     info, steps = run.info, run.steps
@@ -120,6 +126,16 @@ def summarize(run: RunData) -> dict:
             "min_train_loss": min(losses) if losses else None,
             "final_val_loss": run.val["loss"][-1] if run.val["loss"] else None,
             "min_val_loss": min(_finite(run.val["loss"]), default=None),
+            "best_val_step": _best_val_step(run.val),
+            # the last validation loss minus the final training loss (the mean of the last 10)
+            "generalization_gap": (run.val["loss"][-1] - statistics.fmean(losses[-FINAL_WINDOW:])
+                                   if run.val["loss"] and losses
+                                   and run.val["loss"][-1] is not None else None),
+            # --early-stop / --restore-best: what the run says it did at its end
+            "stopped_early": (info.summary or {}).get("stopped_early"),
+            "restored_best": (info.summary or {}).get("restored_best"),
+            "final_val_loss_restored": ((info.summary or {}).get("final_val_loss")
+                                        if (info.summary or {}).get("restored_best") else None),
             "final_val_loss_averaged": averaged[-1] if averaged else None,
             "min_val_loss_averaged": min(_finite(averaged), default=None),
             "last_grad_norm": norms[-1] if norms else None,

@@ -37,6 +37,12 @@ def summary_rows(r: dict) -> list[list[str]]:
              f"{_num(s['initial_train_loss'])} / {_num(s['final_train_loss'])} / "
              f"{_num(s['min_train_loss'])}"],
             ["validation loss: final / min", f"{_num(s['final_val_loss'])} / {_num(s['min_val_loss'])}"],
+            ["best validation step / generalization gap (final val - final train)",
+             f"{'N/A' if s.get('best_val_step') is None else s['best_val_step']} / "
+             f"{_num(s.get('generalization_gap'))}"
+             + ("; stopped early" if s.get("stopped_early") else "")
+             + (f"; ended with the best weights (val {_num(s['final_val_loss_restored'])})"
+                if s.get("restored_best") else "")],
             *averaged_rows(r),
             ["gradient norm: last / max", f"{_num(s['last_grad_norm'])} / {_num(s['max_grad_norm'])}"],
             ["clip events", f"{s['clip_events']:,}"],
