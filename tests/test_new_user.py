@@ -1,10 +1,13 @@
 """What trying lsml-tui as a new user found (issue 24): each case refused with one line and
 exit status 2 before anything starts, or handled as the user would expect."""
 
+import os
 from pathlib import Path
 
 import pytest
 
+from lsml_tui.trainer.store.reader import list_runs, open_run
+from lsml_tui.trainer.store.schema import DB_NAME
 from lsml_tui.trainer.validate import cores
 from tests.conftest import run_cli
 
@@ -44,3 +47,58 @@ def test_more_cpu_ranks_than_cores_is_refused_unless_asked_for():
     assert "--oversubscribe" in proc.stderr
     asked = run_cli("--device", "cpu", "--workers", str(n), "--oversubscribe", "--print-config")
     assert asked.returncode == 0 and "oversubscribe = true" in asked.stdout
+
+
+@pytest.fixture(scope="module")
+def two_damaged(tmp_path_factory):
+    """Three real runs: one left whole, one whose store is not a database, one cut short."""
+    runs = tmp_path_factory.mktemp("damaged") / "runs"
+    for _ in range(3):
+        proc = run_cli("--headless", "--no-progress", "--model", "linear", "--steps", "3000",
+                       "--runs-dir", str(runs))
+        assert proc.returncode == 0, proc.stderr
+    whole, garbage, cut = sorted(runs.iterdir())
+    steps = [r.steps for r in list_runs(runs)]
+    (garbage / DB_NAME).write_bytes(b"not a database, just bytes " * 100)
+    db = cut / DB_NAME
+    os.truncate(db, db.stat().st_size // 2)
+    return runs, whole, garbage, cut, steps
+
+
+def test_runs_lists_a_damaged_store_with_the_reason(two_damaged):
+    runs, whole, garbage, cut, _ = two_damaged
+    proc = run_cli("runs", "--runs-dir", str(runs))
+    assert proc.returncode == 0
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert "finished" in lines[whole.name]
+    assert "damaged: file is not a database" in lines[garbage.name]
+    assert "damaged" in lines[cut.name] and "lsml-tui repair" in lines[cut.name]
+
+
+@pytest.mark.parametrize("command", ["report", "open"])
+def test_report_and_open_refuse_a_damaged_store_in_one_line(two_damaged, command):
+    _, _, garbage, cut, _ = two_damaged
+    for run_dir in (garbage, cut):
+        proc = run_cli(command, str(run_dir))
+        assert proc.returncode == 2
+        (line,) = proc.stderr.strip().splitlines()
+        assert f"{run_dir / DB_NAME}: the run store is damaged (" in line
+        assert f"lsml-tui repair {run_dir}" in line and "Traceback" not in proc.stderr
+
+
+def test_repair_keeps_what_can_be_read_and_the_store_reads_again(two_damaged):
+    _, _, garbage, cut, steps = two_damaged
+    proc = run_cli("repair", str(cut))
+    assert proc.returncode == 0 and "recovered" in proc.stdout
+    assert (cut / "run.damaged.sqlite").is_file()               # kept beside the new one
+    with open_run(cut) as r:
+        recovered = r.steps()["step"]
+        info = r.info()
+    # half the file was cut off: a first part of the steps survives, in order, none invented
+    assert 0 < len(recovered) < steps[2] and recovered == list(range(len(recovered)))
+    assert info.model == "linear" and info.status == "finished"
+    assert run_cli("report", str(cut), "--format", "json").returncode == 0
+    again = run_cli("repair", str(garbage))                       # nothing readable at all
+    assert again.returncode == 0
+    with open_run(garbage) as r:                                  # the run from its config
+        assert (r.info().status, r.info().model, r.info().steps) == ("damaged", "linear", 0)

@@ -28,7 +28,8 @@ DOCUMENTED_KEYS = {"id", "run_dir", "status", "partial", "model", "optimizer", "
 SUMMARY_KEYS = {"steps", "last_step", "initial_train_loss", "final_train_loss", "min_train_loss",
                 "final_val_loss", "min_val_loss", "last_grad_norm", "max_grad_norm",
                 "clip_events", "skipped_steps", "steps_per_second", "switches",
-                "final_val_loss_averaged", "min_val_loss_averaged"}
+                "final_val_loss_averaged", "min_val_loss_averaged", "best_val_step",
+                "generalization_gap", "stopped_early", "restored_best", "final_val_loss_restored"}
 # loss, gradients, saved per module, memory breakdown, FLOPs, phases; system load where sampled
 CHARTS_OF_A_PROFILED_RUN = 6
 
@@ -71,6 +72,12 @@ def test_json_holds_the_documented_keys_with_the_stores_values(two_runs, tmp_pat
     assert (r["device"], r["precision"]) == ("cpu", "fp32")    # auto on a CPU: fp32
     assert s["steps"] == len(steps["step"]) == 120
     assert s["final_train_loss"] == pytest.approx(statistics.fmean(steps["loss"][-10:]))
+    assert s["best_val_step"] == min(zip(val["loss"], val["step"]))[1]
+    # the last validation loss minus the final training loss (the mean of the last 10)
+    assert s["generalization_gap"] == pytest.approx(val["loss"][-1]
+                                                    - statistics.fmean(steps["loss"][-10:]))
+    assert (s["stopped_early"], s["restored_best"], s["final_val_loss_restored"]) == \
+        (None, None, None)                          # no --early-stop, no --restore-best
     assert s["final_val_loss"] == val["loss"][-1]
     assert s["clip_events"] == len(clips["step"]) > 0          # --clip 0.3 fires
     assert s["max_grad_norm"] == max(steps["grad_norm"])

@@ -21,6 +21,7 @@ import pytest
 from conftest import alive, run_cli
 from lsml_tui.trainer.tuning import study as S
 from lsml_tui.trainer.tuning import sweep as SW
+from lsml_tui.trainer import specs
 from lsml_tui.trainer.tuning import space as SP
 from lsml_tui.trainer.store.schema import DB_NAME
 from lsml_tui.trainer.store.reader import list_runs, open_run
@@ -141,6 +142,20 @@ def refused(argv: list[str], capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
+def test_with_no_space_the_sweep_searches_the_lr_a_decade_either_side_of_its_default(
+        tmp_path):
+    proc = sweep("--trials", "2", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # the linear model trains with Adam by default: lr 3e-3 / 10 .. 3e-3 * 10
+    default = specs.OPTIMIZERS["adam"].lr
+    said = f"lr={default / 10:.3g}..{default * 10:.3g}:log"
+    assert f"no --space: searching {said}" in proc.stderr
+    trials = json.loads(proc.stdout.strip().splitlines()[-1])["trials"]
+    assert len(trials) == 2 and all(set(t["params"]) == {"lr"} for t in trials)
+    low, high = float(f"{default / 10:.3g}"), float(f"{default * 10:.3g}")
+    assert all(low <= t["params"]["lr"] <= high for t in trials)
+
+
 @pytest.mark.parametrize("space, says", [
     (["--space", "lrr=0.01,0.1"], "unknown parameter 'lrr'; did you mean 'lr'?"),
     (["--space", "lr=0.1..0.01"], "needs LO < HI"),
@@ -160,7 +175,7 @@ def refused(argv: list[str], capsys) -> tuple[int, str]:
      "--momentum does not apply to"),
     (["--sampler", "grid", "--space", "lr=0.01..0.1"], "--sampler grid needs explicit values"),
     (["--space", "lr=0.01,0.1", "--trials", "x"], "--trials 'x' is not an integer"),
-    ([], "no search space"),
+    (["--lr", "0.1"], "no --space, and --lr is a run flag"),
 ])
 def test_bad_spaces_are_refused_in_one_line_before_anything_is_written(space, says, tmp_path,
                                                                        capsys):

@@ -24,7 +24,8 @@ TOOLS = {"lr-find": "lsml_tui.tui.tuning.lrfind", "sweep": "lsml_tui.tui.tuning.
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Watch a neural network train and see what it costs. "
                 "Also: lsml-tui report RUN_DIR..., lsml-tui runs, lsml-tui open RUN_DIR, "
-                "lsml-tui lr-find, lsml-tui sweep, lsml-tui run SCRIPT (each with --help).",
+                "lsml-tui repair RUN_DIR, lsml-tui lr-find, lsml-tui sweep, lsml-tui run SCRIPT "
+                "(each with --help).",
                 argument_default=argparse.SUPPRESS)
     p.add_argument("--headless", action="store_true", help="train without the dashboard, "
                    "with a progress bar on stderr")

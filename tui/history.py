@@ -15,16 +15,23 @@ from pathlib import Path
 
 from lsml_tui.trainer.config import ConfigError, suggest
 from lsml_tui.trainer.store.reader import list_runs, open_run
+from lsml_tui.trainer.store.repair import DAMAGED_NAME, damage, repair
 from lsml_tui.trainer.store.schema import DB_NAME, LIVE
 from lsml_tui.trainer.validate import check_out_dir
 
-SUBCOMMANDS = ("report", "runs", "open")
+SUBCOMMANDS = ("report", "runs", "open", "repair")
 
 
-def _run_dir(path: str) -> str:
+def _run_dir(path: str, whole: bool = True) -> str:
+    """`path` if it holds a run store (one SQLite can read whole, unless not `whole`)."""
     if not (Path(path) / DB_NAME).is_file():
         raise ConfigError(f"{path!r} is not a run directory (no {DB_NAME} in it); "
                           f"list runs with: lsml-tui runs")
+    why = damage(path) if whole else None
+    if why:
+        raise ConfigError(f"{Path(path) / DB_NAME}: the run store is damaged ({why}); "
+                          f"lsml-tui repair {path} copies what can still be read into a "
+                          f"fresh store")
     return path
 
 
@@ -67,6 +74,9 @@ def parser(prog: str, make) -> argparse.ArgumentParser:
     opn = sub.add_parser("open", help="open a stored run in the dashboard: a finished run is "
                          "replayed read-only, a live one is followed and its controls work")
     opn.add_argument("run_dir", metavar="RUN_DIR")
+    rep = sub.add_parser("repair", help="copy every row a damaged run store still holds into "
+                         "a fresh one (the damaged file is kept as run.damaged.sqlite)")
+    rep.add_argument("run_dir", metavar="RUN_DIR")
     return p
 
 
@@ -81,6 +91,17 @@ def main(argv: list[str], prog: str, make) -> int:
         from lsml_tui.tui.report import write_reports
         for path in write_reports(dirs, formats, out):
             print(path)
+        return 0
+    if args.command == "repair":
+        run_dir = _run_dir(args.run_dir, whole=False)
+        why = damage(run_dir)
+        if why is None:
+            print(f"{run_dir}: the run store reads whole; nothing to repair")
+            return 0
+        rows = repair(run_dir)
+        print(f"{run_dir}: damaged ({why}); recovered "
+              + ", ".join(f"{n:,} {table}" for table, n in rows.items() if n)
+              + f"; the damaged file is kept as {DAMAGED_NAME}")
         return 0
     if args.command == "runs":
         if not Path(args.runs_dir).is_dir():
@@ -113,7 +134,9 @@ def print_runs(runs_dir: str) -> int:
                                        if final.get(key, first) != first else first)
         table.add_row(r.id, r.model, switched("optimizer", r.optimizer), switched("norm", r.norm),
                       f"{r.steps:,}",
-                      "N/A" if r.final_loss is None else f"{r.final_loss:.4g}", r.status,
+                      "N/A" if r.final_loss is None else f"{r.final_loss:.4g}",
+                      f"damaged: {r.summary['damaged']}; lsml-tui repair" if r.status == "damaged"
+                      and r.summary and "damaged" in r.summary else r.status,
                       datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M:%S"))
     console.print(table)
     return 0

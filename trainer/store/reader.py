@@ -133,12 +133,19 @@ def open_run(run_dir: str | os.PathLike) -> RunReader:
 
 
 def list_runs(runs_dir: str | os.PathLike) -> list[RunInfo]:
-    """Every readable run under `runs_dir`, oldest first."""
+    """Every run under `runs_dir`, oldest first; one whose store cannot be read is listed
+    with the status ``damaged`` and SQLite's reason in its summary."""
     out = []
     for db in sorted(Path(runs_dir).glob(f"*/{DB_NAME}")):
         try:
             with RunReader(db.parent) as r:
                 out.append(r.info())
-        except sqlite3.Error:
-            continue
+        except sqlite3.Error as e:
+            out.append(_damaged(db, str(e)))
     return sorted(out, key=lambda i: i.created)
+
+
+def _damaged(db: Path, reason: str) -> RunInfo:
+    return RunInfo(id=db.parent.name, run_dir=str(db.parent), model="?", optimizer="?",
+                   norm="?", status="damaged", created=db.stat().st_mtime, ended=None,
+                   config={}, summary={"damaged": reason}, steps=0, final_loss=None)

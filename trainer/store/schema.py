@@ -37,7 +37,8 @@ COMMANDS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, payload TEXT);
 """
 LIVE, FINAL = ("running",), ("finished", "diverged", "failed", "interrupted", "killed",
-                              "pruned")     # pruned: lsml-tui sweep stopped it early
+                              "pruned",     # pruned: lsml-tui sweep stopped it early
+                              "damaged")    # damaged: its store could not be read whole
 DB_NAME, CONFIG_NAME = "run.sqlite", "config.toml"
 
 

@@ -21,7 +21,7 @@ from lsml_tui.trainer.tuning import space as SP
 from lsml_tui.trainer.tuning.study import METRICS, SAMPLERS, Sweep, storage
 from lsml_tui.trainer.tuning.sweep import WorkerFailed
 from lsml_tui.trainer.tuning.sweep import run as run_trials
-from lsml_tui.trainer.validate import check_runs_dir
+from lsml_tui.trainer.validate import check_runs_dir, resolve
 from lsml_tui.tui.flags import add_run_flags, values_from_args
 from lsml_tui.tui.report import DEFAULT_FORMATS as FORMATS  # a comparison's (tensorboard: per run)
 from lsml_tui.tui.tuning.results import finish
@@ -79,12 +79,12 @@ def base_values(args: argparse.Namespace) -> tuple[dict, set]:
     return values_from_args(args), {name for name in FIELDS if name in args}
 
 
-def space(args: argparse.Namespace, given: set) -> list[SP.Param]:
+def space(args: argparse.Namespace, given: set, base: dict) -> list[SP.Param]:
     params = [SP.parse_param(text) for text in getattr(args, "space", [])]
     if "space_file" in args:
         params += SP.params_from_toml(args.space_file)
     if not params:
-        raise ConfigError(f"no search space; give --space {SP.SYNTAX}, or --space-file TOML")
+        return [default_space(base, given)]
     seen = set()
     for p in params:
         if p.name in seen:
@@ -93,6 +93,20 @@ def space(args: argparse.Namespace, given: set) -> list[SP.Param]:
             raise ConfigError(f"{flag(p.name)} is a run flag and searched in --space; drop one")
         seen.add(p.name)
     return params
+
+
+def default_space(base: dict, given: set) -> SP.Param:
+    """No --space: the learning rate, on a log range of a decade either side of the
+    optimizer's default (what lr-find searches too), said on stderr."""
+    if "lr" in given:
+        raise ConfigError(f"no --space, and --lr is a run flag: give --space {SP.SYNTAX} "
+                          f"(with no --space the sweep searches the lr)")
+    cfg = resolve(RunConfig(**{**base, "lr": None}))
+    lo, hi = cfg.lr / 10, cfg.lr * 10
+    param = SP.parse_param(f"lr={lo:.3g}..{hi:.3g}:log")
+    print(f"no --space: searching {param} (a decade either side of {cfg.optimizer}'s default "
+          f"lr {cfg.lr:g}); give --space {SP.SYNTAX} for another", file=sys.stderr)
+    return param
 
 
 def report_formats(text: str) -> list[str]:
@@ -148,7 +162,7 @@ def existing(path: Path, name: str, ident: dict):
 def main(argv: list[str], prog: str, make) -> int:
     args = parser(prog, make).parse_args(argv)
     base, given = base_values(args)
-    params = space(args, given)
+    params = space(args, given, base)
     first = SP.check_space(base, params)
     kind = getattr(args, "sampler", "tpe")
     if kind == "grid" and any(not p.choices for p in params):
