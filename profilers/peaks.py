@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-MODES = ("fp32", "tf32", "bf16", "fp16")
-_CPU_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("fp32", "tf32", "bf16", "fp16", "fp64")     # fp64: --model linear trains in float64
+_CPU_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+               "fp64": torch.float64}
 
 # Dense TFLOPS (no 2:4 sparsity) per math mode, from NVIDIA's data sheets: where a sheet gives only the
 # sparse "*" figure it is halved. fp16/bf16 are with FP32 accumulate, as PyTorch's matmuls run. None: no
@@ -72,6 +73,8 @@ def cuda_peak(device_name: str, mode: str) -> float | None:
     """Dense peak FLOP/s of this GPU in this math mode; None for an unknown GPU or a mode it lacks."""
     if mode not in MODES:
         raise ValueError(f"unknown math mode {mode!r}; expected one of {MODES}")
+    if mode == "fp64":          # not in the table: GPUs' fp64 rates differ by 64x; N/A
+        return None
     row = _match(device_name)
     tflops = row[2 + MODES.index(mode)] if row else None
     return None if tflops is None else tflops * 1e12

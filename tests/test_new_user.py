@@ -102,3 +102,51 @@ def test_repair_keeps_what_can_be_read_and_the_store_reads_again(two_damaged):
     assert again.returncode == 0
     with open_run(garbage) as r:                                  # the run from its config
         assert (r.info().status, r.info().model, r.info().steps) == ("damaged", "linear", 0)
+
+
+def test_the_linear_model_says_fp64_and_its_mfu_is_against_an_fp64_peak(tmp_path):
+    import json
+    import subprocess
+    import sys
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}   # a peak measured now
+    proc = subprocess.run([sys.executable, "-m", "lsml_tui.tui.cli", "--headless", "--json",
+                           "--no-progress", "--model", "linear", "--steps", "30",
+                           "--runs-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["precision"] == "fp64"
+    peaks = json.loads((tmp_path / "cache" / "lsml-tui" / "cpu-peak.json").read_text())
+    (fp64,) = [v for k, v in peaks.items() if k.endswith("|fp64")]
+    assert summary["peak_flops_per_second"] == fp64
+    assert summary["mfu"] == pytest.approx(summary["achieved_flops_per_second"] / fp64)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    with open_run(run_dir) as r:
+        assert r.events("RunStarted")[0]["precision"] == "fp64"
+
+
+def test_the_html_report_of_a_200k_step_run_stays_small(tmp_path):
+    """Every chart is drawn from decimated series (min and max per bucket, so spikes
+    survive), clip events and validation included: the page's size does not grow with the
+    number of steps. A synthetic store: 200,000 steps, a clip on every other one, a
+    validation every 100, written through the real store."""
+    from lsml_tui.trainer.store.writer import RunStore
+    from lsml_tui.tui.report import write_reports
+    config = {"model": "mlp", "optimizer": "adam", "norm": "none", "batch_size": 128,
+              "clip": 1.0}
+    store = RunStore.create(tmp_path / "runs", config, "", flush_interval=0.05)
+    store.max_pending = 10**6
+    for step in range(200_000):
+        norm = 1.5 if step % 2 else 0.5
+        store.record_step(step, float(step), 2.0 / (1 + step / 1000), 1e-3, norm,
+                          min(norm, 1.0), step % 2 == 1, 1e4)
+        if step % 2:
+            store.record_clip(step, norm, 1.0, 1.0 / (norm + 1e-6))
+        if step % 100 == 99:
+            store.record_val(step, float(step), 2.5 / (1 + step / 1000))
+    store.set_status("finished", {"steps": 200_000})
+    store.close()
+    (path,) = write_reports([store.run_dir], ["html"])
+    assert path.stat().st_size < 2 * 2**20                  # the issue's bound: 2 MiB
+    with open_run(store.run_dir) as r:
+        assert len(r.steps()["step"]) == 200_000            # (the store has every step)

@@ -57,6 +57,8 @@ class Trainer(Recording, Controls, FaultPolicy):
         self.dp = dp or Alone()             # one process, or one rank of N (parallel/)
         self.dp.attach(self._commands)
         self.precision = Precision(cfg.precision, self.device)
+        if self.task.dtype == torch.float64 and self.precision.mode == "fp32":
+            self.precision.mode = "fp64"    # --model linear: float64 weights and data
         self._wrap()
         self._index_params()
         self.optimizer_name, self.norm = cfg.optimizer, cfg.norm

@@ -30,8 +30,8 @@ MAX_MISSES = 24         # unreadable jumps in a row (1, 2, 4, ... rows ahead) be
 
 def damage(run_dir: str | os.PathLike) -> str | None:
     """SQLite's word on why the store cannot be read, or None when it reads whole."""
-    try:
-        con = sqlite3.connect(f"file:{Path(run_dir) / DB_NAME}?mode=ro", uri=True)
+    try:    # opened as the readers open it: closing it then leaves no -wal or -shm file
+        con = sqlite3.connect(Path(run_dir) / DB_NAME, timeout=10.0)
         try:
             con.execute("SELECT id, status, config FROM run").fetchone()
             verdict = con.execute("PRAGMA quick_check").fetchone()[0]
@@ -73,6 +73,9 @@ def repair(run_dir: str | os.PathLike) -> dict[str, int]:
     work = run_dir / f".{DAMAGED_NAME}.{os.getpid()}.work"     # read from a copy: the damaged
     try:                                                       # file is kept as it was
         shutil.copyfile(damaged, work)
+        wal = run_dir / (DAMAGED_NAME + "-wal")        # the last commits, if any are left
+        if wal.exists():
+            shutil.copyfile(wal, Path(f"{work}-wal"))
         _fit_header(work)
         src = sqlite3.connect(f"file:{work}?mode=ro", uri=True)
         try:
@@ -83,7 +86,8 @@ def repair(run_dir: str | os.PathLike) -> dict[str, int]:
     except (OSError, sqlite3.Error):
         pass                                        # not a database at all: nothing to read
     finally:
-        work.unlink(missing_ok=True)
+        for leftover in (work, Path(f"{work}-wal"), Path(f"{work}-shm")):
+            leftover.unlink(missing_ok=True)
     if not recovered["run"]:
         recovered["run"] = [_run_row(run_dir)]
     con = connect(run_dir / DB_NAME)

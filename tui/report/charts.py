@@ -75,8 +75,8 @@ def loss_chart(runs: list[RunData]) -> str:
         line, = ax.plot(*decimated(run.steps["step"], run.steps["loss"]), lw=1,
                         label=_label(run, several))
         if run.val["step"]:
-            ax.plot(run.val["step"], run.val["loss"], "o--", ms=3, lw=1, color=line.get_color(),
-                    alpha=0.8, label=None if several else "validation")
+            ax.plot(*decimated(run.val["step"], run.val["loss"]), "o--", ms=3, lw=1,
+                    color=line.get_color(), alpha=0.8, label=None if several else "validation")
         averaged = run.averaged_val
         if averaged["step"]:                         # --average: the averaged weights' loss
             ax.plot(averaged["step"], averaged["loss"], "s:", ms=3, lw=1.2,
@@ -106,11 +106,12 @@ def grad_chart(runs: list[RunData]) -> str:
         if not several:
             ax.plot(*decimated(run.steps["step"], run.steps["grad_norm_clipped"]), lw=1,
                     label="after clip")
-            if run.clips["step"]:
-                ax.scatter(run.clips["step"], run.clips["grad_norm"], s=4, color="tab:red",
-                           label=f"clip events ({len(run.clips['step'])})", zorder=3)
-                ax.plot(run.clips["step"], run.clips["threshold"], color="tab:red", lw=0.8,
-                        ls="--", label="threshold")
+            if run.clips["step"]:                   # decimated too: a run can clip 100k times
+                ax.scatter(*decimated(run.clips["step"], run.clips["grad_norm"]), s=4,
+                           color="tab:red", label=f"clip events ({len(run.clips['step'])})",
+                           zorder=3)
+                ax.plot(*decimated(run.clips["step"], run.clips["threshold"]), color="tab:red",
+                        lw=0.8, ls="--", label="threshold")
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="L2 norm", title="Gradient norm")
     ax.legend(loc="upper right", fontsize=7)
