@@ -21,6 +21,18 @@ class RunControls:
     """Pause, resume, single step and trace: what every run does alike with a command, the
     built-in trainer (``Controls``) and a watched script (watch/control.py)."""
 
+    def _apply(self, cmd: C.Command) -> bool:
+        """Apply `cmd` (the run's own ``_change``), answered with an event that says what
+        changed at which step, or why it was refused; True if it was applied."""
+        name = C.describe(cmd)
+        try:
+            detail, changes = self._change(cmd)
+        except ConfigError as e:
+            self.emit(CommandRefused(self.step, name, str(e)))
+            return False
+        self.emit(CommandApplied(self.step, name, detail, changes))
+        return True
+
     def run_control(self, cmd: C.Command) -> tuple[str, dict] | None:
         """(detail, changes) for one of these commands, None for any other."""
         match cmd:
@@ -78,13 +90,8 @@ class Controls(RunControls):
                 return
 
     def _apply(self, cmd: C.Command) -> None:
-        name = C.describe(cmd)
-        try:
-            detail, changes = self._change(cmd)
-        except ConfigError as e:
-            self.emit(CommandRefused(self.step, name, str(e)))
+        if not super()._apply(cmd):
             return
-        self.emit(CommandApplied(self.step, name, detail, changes))
         if self.theory is not None and isinstance(cmd, (C.SetOptimizer, C.SetLR, C.Rewind)):
             self.emit_sample(self.theory.predict(self))     # --model linear: new predictions
 

@@ -14,7 +14,6 @@ import queue
 from lsml_tui.trainer import commands as C
 from lsml_tui.trainer.config import ConfigError
 from lsml_tui.trainer.control import RunControls
-from lsml_tui.trainer.events import CommandApplied, CommandRefused
 from lsml_tui.trainer.validate import check_lr
 
 IDLE_POLL = 0.5         # seconds between looks at the commands while paused
@@ -49,15 +48,6 @@ class WatchControls(RunControls):
                     continue
                 return
             self._apply(cmd)
-
-    def _apply(self, cmd: C.Command) -> None:
-        name = C.describe(cmd)
-        try:
-            detail, changes = self._change(cmd)
-        except ConfigError as e:
-            self.emit(CommandRefused(self.step, name, str(e)))
-            return
-        self.emit(CommandApplied(self.step, name, detail, changes))
 
     def _change(self, cmd: C.Command) -> tuple[str, dict]:
         if type(cmd) in REFUSED:
