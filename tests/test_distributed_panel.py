@@ -58,3 +58,22 @@ def test_a_single_process_run_has_no_data_parallel_panel(tmp_path):
         async with app.run_test(size=(140, 42)):
             assert not app.query(DistributedPanel)
     asyncio.run(main())
+
+
+def test_a_watched_ddp_scripts_panel_shows_data_forward_wait_and_the_rest():
+    from lsml_tui.tui.panels.distributed import render
+    # rank 1's data and forward take 60 ms, rank 0's 10 ms: rank 0 waits 50 ms for it; both
+    # steps take 75 ms, so the rest (backward, all-reduce, update) is 75 - 60 = 15 ms each
+    ranks = [{"rank": 0, "compute_s": 0.010, "wait_s": 0.050, "comm_s": 0.015, "step_s": 0.075},
+             {"rank": 1, "compute_s": 0.060, "wait_s": 0.0, "comm_s": 0.015, "step_s": 0.075}]
+    s = DistSample(99, 2, "watch", ranks, slowest=1, spread_s=0.0, predicted_step_s=None,
+                   payload_bytes=None, wire_bytes_per_rank=None, busiest_link_bytes=None,
+                   algbw=None, busbw=None, noise_scale=None, global_batch=16,
+                   replicas_agree=True)
+    text = render(s).plain
+    fast, slow = text.splitlines()[:2]
+    # the longest bar is 75 ms: round(24 * 10/75) = 3 data+forward, round(24 * 50/75) = 16 wait
+    assert fast.count("█") == round(BAR * 10 / 75) and fast.count("░") == round(BAR * 50 / 75)
+    assert slow.count("█") == round(BAR * 60 / 75) and "slowest" in slow
+    assert "█ data+forward ▓ backward, all-reduce, update ░ wait" in text
+    assert "global batch 16" in text and "M " not in text and "algbw" not in text

@@ -54,7 +54,7 @@ def two_damaged(tmp_path_factory):
     """Three real runs: one left whole, one whose store is not a database, one cut short."""
     runs = tmp_path_factory.mktemp("damaged") / "runs"
     for _ in range(3):
-        proc = run_cli("--headless", "--no-progress", "--model", "linear", "--steps", "3000",
+        proc = run_cli("--headless", "--no-progress", "--model", "linear", "--steps", "1500",
                        "--runs-dir", str(runs))
         assert proc.returncode == 0, proc.stderr
     whole, garbage, cut = sorted(runs.iterdir())

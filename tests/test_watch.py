@@ -331,3 +331,15 @@ def test_a_users_ddp_script_under_torchrun_is_recorded_by_rank_0(tmp_path, stop)
     # rank 1 sleeps 30 ms before its forward: its data-and-forward time is the longer
     assert all(v["rank_data_forward_s/1"] > v["rank_data_forward_s/0"] + 0.02 for v in logged)
     assert any("rank 1 is the straggler" in n for n in notices)
+    # the data-parallel panel's samples: rank 1's data and forward is the slowest, rank 0
+    # waits for it; the replicas' weights agree
+    with open_run(info.run_dir) as r:
+        samples, config = r.samples("DistSample"), r.info().config
+    assert (config["workers"], config["sync"]) == (2, "watch") and len(samples) == steps // 5
+    for s, v in zip(samples, logged):
+        assert s["slowest"] == 1 and s["replicas_agree"] is True and s["global_batch"] == 16
+        r0, r1 = s["ranks"]
+        assert (r0["compute_s"], r1["compute_s"]) == (v["rank_data_forward_s/0"],
+                                                      v["rank_data_forward_s/1"])
+        assert r0["wait_s"] == pytest.approx(r1["compute_s"] - r0["compute_s"])
+        assert r1["wait_s"] == 0.0

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from lsml_tui.trainer.events import Logged, Notice
+from lsml_tui.trainer.events import DistSample, Logged, Notice
+from lsml_tui.trainer.parallel.world import fingerprint
 
 STRAGGLER = 1.2         # a rank this many times slower than the fastest is named
 
@@ -52,8 +53,8 @@ class Ranks:
         device = (torch.device("cuda", torch.cuda.current_device())
                   if dist.get_backend() == "nccl" else torch.device("cpu"))
         mine = torch.tensor([seconds, busy, self._asked.get("stop", 0.0),
-                             self._asked.get("lr_factor", self.lr_factor)],
-                            dtype=torch.float64, device=device)
+                             self._asked.get("lr_factor", self.lr_factor),
+                             fingerprint(self.params)], dtype=torch.float64, device=device)
         rows = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(rows, mine)
         table = [r.tolist() for r in rows]
@@ -68,6 +69,7 @@ class Ranks:
             **{f"rank_step_s/{r}": row[0] for r, row in enumerate(table)},
             **{f"rank_data_forward_s/{r}": b for r, b in enumerate(busy)}}))
         slowest = max(range(self.world), key=busy.__getitem__)
+        self.emit_sample(self._sample(table, slowest))
         if min(busy) > 0 and busy[slowest] > STRAGGLER * min(busy) \
                 and slowest != self._straggler:
             self._straggler = slowest
@@ -75,3 +77,20 @@ class Ranks:
                                             f"forward take {busy[slowest] * 1e3:.3g} ms a step "
                                             f"against {min(busy) * 1e3:.3g} ms on the fastest; "
                                             f"the others wait for it in the all-reduce"))
+
+    def _sample(self, table: list[list[float]], slowest: int) -> DistSample:
+        """The data-parallel panel's sample for a watched DDP script: per rank, its data and
+        forward (its own work before the first collective), the wait for the slowest rank's,
+        and the rest of the step (backward, all-reduce, update). No bytes: the script's
+        DDP does its own communication."""
+        worst = table[slowest][1]
+        ranks = [{"rank": r, "compute_s": row[1], "wait_s": worst - row[1],
+                  "comm_s": max(0.0, row[0] - worst), "step_s": row[0]}
+                 for r, row in enumerate(table)]
+        steps = [row[0] for row in table]
+        return DistSample(
+            self.step - 1, self.world, "watch", ranks, slowest=slowest,
+            spread_s=max(steps) - min(steps), predicted_step_s=None, payload_bytes=None,
+            wire_bytes_per_rank=None, busiest_link_bytes=None, algbw=None, busbw=None,
+            noise_scale=None, global_batch=self._last_examples * self.world,
+            replicas_agree=len({row[4] for row in table}) == 1)

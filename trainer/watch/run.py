@@ -58,7 +58,8 @@ class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
         self.param_names, self.params = [n for n, _ in named], [p for _, p in named]
         self.device = self.params[0].device
         self.compiled = hasattr(model, "_orig_mod")         # torch.compile's wrapper
-        config_dict, toml = stored_config(model, optimizer, name, config, sample_every)
+        config_dict, toml = stored_config(model, optimizer, name, config, sample_every,
+                                          self.world)
         self.label = config_dict["model"]
         self.store = None if self.rank else RunStore.create(
             runs_dir, config_dict, toml, run_dir=run_dir_for(runs_dir, self.label))
@@ -79,7 +80,7 @@ class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
         self._open: dict | None = None      # the step just taken, waiting for its loss
         self._logged: dict = {}             # values logged before the step they belong to
         self._clip: tuple | None = None     # (pre-clip norm, threshold) seen this step
-        self._examples = 0                  # batch rows seen by training forwards this step
+        self._examples = self._last_examples = 0    # batch rows of training forwards a step
         self._forwards = 0
         self._shape = None                  # the input shape of the last training forward
         self._probe, self._saving = NULL_PROBE, None
@@ -230,6 +231,7 @@ class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
         self._open = {"step": self.step, "norm": self._step_norm, "threshold": self._threshold,
                       "lrs": self._lrs, "seconds": seconds, "examples": self._examples,
                       **self._logged}
+        self._last_examples = self._examples
         self._logged, self._clip, self._examples, self._forwards = {}, None, 0, 0
         if self._trace is not None:
             path = self._trace.step()

@@ -86,7 +86,8 @@ def run_dir_for(runs_dir, label: str) -> Path:
     return base / new_run_id(label)
 
 
-def stored_config(model, optimizer, name, config, sample_every) -> tuple[dict, str]:
+def stored_config(model, optimizer, name, config, sample_every, world: int = 1
+                  ) -> tuple[dict, str]:
     """The run's config as the store keeps it, and as TOML: the fields every reader uses
     (model, optimizer, norm, lr, clip) plus the user's own under ``user``."""
     label = name or type(model).__name__
@@ -95,7 +96,8 @@ def stored_config(model, optimizer, name, config, sample_every) -> tuple[dict, s
               "lr": float(optimizer.param_groups[0]["lr"]), "clip": None,
               "sample_every": sample_every, "source": "watch",
               "script": os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else None,
-              "module": type(model).__name__, "user": user}
+              "module": type(model).__name__, "user": user,
+              **({"workers": world, "sync": "watch"} if world > 1 else {})}
     lines = [f"# lsml_tui.watch run of {stored['script'] or 'an interactive session'}",
              f"model = {json.dumps(label)}", f"optimizer = {json.dumps(stored['optimizer'])}",
              f"lr = {stored['lr']!r}"]

@@ -21,7 +21,8 @@ class DistributedPanel(Static):
     def __init__(self, cfg, **kw):
         super().__init__("waiting for the first sampled step …", **kw)
         mode = getattr(cfg, "parallel", "ddp")
-        self.border_title = (f"Data parallel: {cfg.workers} ranks, {cfg.sync}"
+        self.border_title = (f"Data parallel: {cfg.workers} ranks, "
+                             + ("your DDP" if cfg.sync == "watch" else cfg.sync)
                              + (f", {mode}" if mode != "ddp" else ""))
         self.latest: DistSample | None = None
         self.dirty = False
@@ -67,6 +68,15 @@ def render(s: DistSample) -> Text:
         if r["rank"] == s.slowest:
             out.append("  slowest", style="bold yellow")
         out.append("\n")
+    if s.sync == "watch":           # a user's DDP script: no bytes of ours to show
+        out.append("█ data+forward ", style="green") \
+            .append("▓ backward, all-reduce, update ", style="blue") \
+            .append("░ wait\n", style="yellow")
+        out.append(f"step {milliseconds(max(r['step_s'] for r in s.ranks))}, "
+                   f"global batch {s.global_batch}")
+        if not s.replicas_agree:
+            out.append("\nreplicas differ!", style="bold red")
+        return out
     out.append("█ compute ", style="green").append("▓ comm ", style="blue") \
         .append("░ wait\n", style="yellow")
     step = max(r["step_s"] for r in s.ranks)
