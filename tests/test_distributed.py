@@ -206,13 +206,9 @@ def test_an_exception_on_one_rank_fails_the_run_at_once_naming_that_rank(tmp_pat
     assert run.status == "failed" and run.steps == 25       # steps 0-24 trained everywhere
 
 
-def test_every_command_reaches_every_rank_and_the_replicas_stay_identical(tmp_path):
-    """The dashboard's path: the bridge's process launches the ranks, rank 0 takes commands."""
-    cfg = quick(tmp_path, workers=2, steps=10**6, sample_every=10, snapshot_every=20,
-                device="cpu")
-    bridge = TrainerBridge(cfg).start()
-    family, events = [], []
-
+def waiter(bridge, family: list, events: list):
+    """wait(predicate, what): drain the bridge's events into `events`, keeping `family` (the
+    bridge's process and its descendants) current, until `predicate()` holds."""
     def wait(predicate, what, timeout=120):
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -222,6 +218,16 @@ def test_every_command_reaches_every_rank_and_the_replicas_stay_identical(tmp_pa
                 return
             time.sleep(0.05)
         pytest.fail(f"timed out waiting for {what}")
+    return wait
+
+
+def test_every_command_reaches_every_rank_and_the_replicas_stay_identical(tmp_path):
+    """The dashboard's path: the bridge's process launches the ranks, rank 0 takes commands."""
+    cfg = quick(tmp_path, workers=2, steps=10**6, sample_every=10, snapshot_every=20,
+                device="cpu")
+    bridge = TrainerBridge(cfg).start()
+    family, events = [], []
+    wait = waiter(bridge, family, events)
 
     def applied(name):
         return [e for e in events if isinstance(e, CommandApplied) and e.command == name]

@@ -2,9 +2,7 @@
 as DDP does, with each rank holding its shard of the optimizer state."""
 
 import os
-import time
 
-import psutil
 import pytest
 
 from lsml_tui.trainer import commands as C
@@ -12,7 +10,7 @@ from lsml_tui.trainer.events import CommandApplied, CommandRefused, RunFinished,
 from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.bridge import TrainerBridge
 from tests.conftest import run_cli, run_json
-from tests.test_distributed import SMALL, descendants, dist_samples, none_alive
+from tests.test_distributed import SMALL, dist_samples, none_alive, waiter
 from tests.test_trainer import quick
 
 
@@ -60,16 +58,7 @@ def test_zero1_takes_the_lr_on_every_rank_and_refuses_an_optimizer_switch(tmp_pa
                 parallel="zero1")
     bridge = TrainerBridge(cfg).start()
     family, events = [], []
-
-    def wait(predicate, what, timeout=120):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            family[:] = descendants(psutil.Process(bridge.process.pid)) or family
-            events.extend(bridge.drain())
-            if predicate():
-                return
-            time.sleep(0.05)
-        pytest.fail(f"timed out waiting for {what}")
+    wait = waiter(bridge, family, events)
     try:
         wait(lambda: any(isinstance(e, StepMetrics) and e.step > 20 for e in events), "steps")
         bridge.send(C.SetOptimizer("momentum"))

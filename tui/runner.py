@@ -24,9 +24,9 @@ from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.trainer.store.schema import DB_NAME
 from lsml_tui.trainer.store.writer import new_run_id
 from lsml_tui.trainer.validate import check_runs_dir
+from lsml_tui.trainer.watch.env import ENV_PARENT, ENV_RUN_DIR
 from lsml_tui.tui.follow import end_script
 
-ENV_RUN_DIR, ENV_PARENT = "LSML_TUI_RUN_DIR", "LSML_TUI_PARENT"   # read by lsml_tui.watch
 OUTPUT = "output.log"
 STARTUP = 300.0         # seconds a script may take to reach lsml_tui.watch (imports, data)
 
@@ -109,7 +109,8 @@ def run_dashboard(run_dir: Path, proc: subprocess.Popen, name: str) -> int:
     try:
         app.run()
     finally:
-        app.bridge is not None and app.bridge.stop()
+        if app.bridge is not None:
+            app.bridge.stop()
     with open_run(run_dir) as r:                # how the script's run ended, as stored
         status = r.info().status
     print(f"lsml-tui: {name} {status}; stored in {run_dir}", file=sys.stderr, flush=True)

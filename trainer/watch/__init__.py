@@ -2,7 +2,8 @@
 the run and its optimizer-step hooks (``run``), its forward hooks and sampled meters
 (``measure``), its arguments, directory and stored config (``setup``), the user's
 clipping and the process's end seen from outside the loop (``seen``), and the commands a
-watched loop takes (``control``).
+watched loop takes (``control``), and the environment ``lsml-tui run`` starts a script
+with (``env``, torch-free).
 
 Records with what the built-in trainer records with (``lsml_tui.trainer.record``'s
 ``Recorder``, ``profiling``'s ``Profiler``, the run store, the system sampler), so every

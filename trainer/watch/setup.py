@@ -19,9 +19,9 @@ from lsml_tui.trainer.config import ConfigError
 from lsml_tui.trainer.store.schema import DB_NAME
 from lsml_tui.trainer.store.writer import new_run_id
 from lsml_tui.trainer.validate import check_runs_dir
+from lsml_tui.trainer.watch.env import ENV_PARENT, ENV_RUN_DIR
 from lsml_tui.trainer.worker import on_parent_exit
 
-ENV_RUN_DIR, ENV_PARENT = "LSML_TUI_RUN_DIR", "LSML_TUI_PARENT"     # set by lsml-tui run
 
 
 _following: list = []            # the parent watched already (one watchdog per process)
