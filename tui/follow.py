@@ -113,6 +113,7 @@ class ScriptBridge(FollowBridge):
         self.process = _Script(popen)
         self._output, self._read = self.run_dir / output, 0
         self._stopped = False
+        self.ended_script = False
 
     @property
     def crashed(self) -> bool:
@@ -143,6 +144,7 @@ class ScriptBridge(FollowBridge):
         if self._stopped:
             return []
         self._stopped = True
+        self.ended_script = self.process.popen.poll() is None    # we ended it (q, a signal)
         end_script(self.process.popen, timeout)
         return []               # its last rows are in the store (read on this bridge's thread)
 

@@ -114,7 +114,10 @@ def run_dashboard(run_dir: Path, proc: subprocess.Popen, name: str) -> int:
     with open_run(run_dir) as r:                # how the script's run ended, as stored
         status = r.info().status
     print(f"lsml-tui: {name} {status}; stored in {run_dir}", file=sys.stderr, flush=True)
-    return 128 + app.return_signal if app.return_signal else exit_status(proc.poll())
+    if app.return_signal:
+        return 128 + app.return_signal
+    # q ended the script: a quit, 0 as the dashboard's own; else the script's own status
+    return 0 if app.bridge is not None and app.bridge.ended_script else exit_status(proc.poll())
 
 
 def follow_headless(run_dir: Path, proc: subprocess.Popen, name: str) -> int:
