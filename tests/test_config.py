@@ -24,7 +24,7 @@ def test_resolve_fills_model_and_optimizer_defaults():
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"model": "resnet9000"}, ["resnet9000", "mlp, cnn, rnn, transformer"]),
+    ({"model": "resnet9000"}, ["resnet9000", "mlp, rff, cnn, rnn, transformer"]),
     ({"optimizer": "adamm"}, ["adamm", "did you mean 'adam'"]),
     ({"lr": -1.0}, ["-1.0", "> 0"]),
     ({"lr": math.nan}, ["nan", "finite"]),
@@ -59,7 +59,7 @@ def test_bad_values_are_refused_with_what_is_allowed(changes, words):
     (["--lr", "nan"], ["--lr", "nan"]),
     (["--lr", "abc"], ["--lr", "'abc'", "number"]),
     (["--batch-size", "0"], ["--batch-size 0"]),
-    (["--model", "resnet9000"], ["resnet9000", "mlp, cnn"]),
+    (["--model", "resnet9000"], ["resnet9000", "mlp, rff, cnn"]),
     (["--optimizer", "adamm"], ["did you mean 'adam'"]),
     (["--bogus-flag"], ["--bogus-flag"]),
     (["--on-diverge", "never"], ["--on-diverge 'never'", "stop, pause, skip"]),

@@ -107,8 +107,16 @@ def test_every_live_control_reaches_the_trainer_store_and_loss_markers(tmp_path)
         await type_value(pilot, app, "c", "off")
         await until(pilot, lambda: any(m == "clip off" for _, m in app.query_one(LossPanel).markers),
                     what="the clip marker")
+        await type_value(pilot, app, "d", "0.2")
+        await type_value(pilot, app, "W", "0.05")
+        await until(pilot, lambda: any(m == "weight decay 0.05"
+                                       for _, m in app.query_one(LossPanel).markers),
+                    what="the weight decay marker")
+        assert (status(app)["dropout"], status(app)["weight_decay"]) == (0.2, 0.05)
+        assert "wd 0.05  dropout 0.2" in str(app.query_one(StatusLine).render())
         markers = dict((m, s) for s, m in app.query_one(LossPanel).markers)
-        for command in ("optimizer adamw", "norm layer", "lr 0.0123", "clip off"):
+        for command in ("optimizer adamw", "norm layer", "lr 0.0123", "clip off", "dropout 0.2",
+                        "weight decay 0.05"):
             stored, = applied(app, command)
             assert stored["step"] == markers[command]      # the marker sits where it applied
     scenario(config(tmp_path), body)

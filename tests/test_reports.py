@@ -29,7 +29,8 @@ SUMMARY_KEYS = {"steps", "last_step", "initial_train_loss", "final_train_loss", 
                 "final_val_loss", "min_val_loss", "last_grad_norm", "max_grad_norm",
                 "clip_events", "skipped_steps", "steps_per_second", "switches",
                 "final_val_loss_averaged", "min_val_loss_averaged", "best_val_step",
-                "generalization_gap", "stopped_early", "restored_best", "final_val_loss_restored"}
+                "generalization_gap", "stopped_early", "restored_best", "final_val_loss_restored",
+                "overfitting_step"}
 # loss, gradients, saved per module, memory breakdown, FLOPs, phases; system load where sampled
 CHARTS_OF_A_PROFILED_RUN = 6
 

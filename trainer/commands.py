@@ -29,6 +29,16 @@ class SetLR:
 
 
 @dataclass(frozen=True)
+class SetDropout:
+    p: float                            # every dropout of the model; 0 turns it off
+
+
+@dataclass(frozen=True)
+class SetWeightDecay:
+    weight_decay: float                 # on the decayed groups (matrices and embeddings)
+
+
+@dataclass(frozen=True)
 class SetClip:
     threshold: float | None             # None turns clipping off
 
@@ -63,12 +73,12 @@ class CaptureTrace:
     steps: int = 5                      # torch.profiler over this many steps
 
 
-Command = (SetOptimizer | SetNorm | SetLR | SetClip | Pause | Resume | SingleStep | Stop | Rewind
+Command = (SetOptimizer | SetNorm | SetLR | SetClip | SetDropout | SetWeightDecay | Pause | Resume | SingleStep | Stop | Rewind
            | CaptureTrace)
 
 
 # Commands that change how the model trains: the loss curve is marked where they applied.
-SWITCHES = ("optimizer", "norm", "lr", "clip")
+SWITCHES = ("optimizer", "norm", "lr", "clip", "dropout", "weight")    # weight decay
 
 
 def describe(cmd: Command) -> str:
@@ -82,6 +92,10 @@ def describe(cmd: Command) -> str:
             return f"lr {lr:g}"
         case SetClip(threshold=t):
             return "clip off" if t is None else f"clip {t:g}"
+        case SetDropout(p=p):
+            return f"dropout {p:g}"
+        case SetWeightDecay(weight_decay=wd):
+            return f"weight decay {wd:g}"
         case CaptureTrace(steps=n):
             return f"trace {n} steps"
     return type(cmd).__name__.lower().replace("singlestep", "single step")

@@ -84,6 +84,14 @@ class RunConfig:
                                 "off by default", "int")
     restore_best: bool | None = _f(None, "end the run with the weights of its best validation "
                                    "loss (default: on with --early-stop, else off)", "bool")
+    dropout: float | None = _f(None, "dropout probability in the MLP, CNN and transformer blocks "
+                               "(default 0: none); changeable live", "float")
+    train_examples: int | None = _f(None, "train on this many examples drawn once (MLP, RFF, "
+                                    "CNN; the transformer's first N windows of text; N fixed "
+                                    "adding-problem sequences) to see memorization", "int")
+    sigma: float | None = _f(None, "rff: kernel bandwidth of the random features, W ~ "
+                             "N(0, 1/sigma^2) (default 8: the median distance between two "
+                             "inputs)", "float")
     profile: bool = _f(True, "live profiling: FLOPs, saved activations, per-layer gradients, "
                              "timing, system load", "bool")
     sample_every: int = _f(100, "steps between profiling samples", "int")

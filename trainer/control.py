@@ -12,9 +12,10 @@ from lsml_tui.trainer import commands as C
 from lsml_tui.trainer import specs
 from lsml_tui.trainer.config import ConfigError, suggest
 from lsml_tui.trainer.events import CommandApplied, CommandRefused
-from lsml_tui.trainer.models import set_norm
-from lsml_tui.trainer.optim.optimizers import rebuild_keeping_state, switch_optimizer
-from lsml_tui.trainer.validate import check_clip, check_lr
+from lsml_tui.trainer.models import set_dropout, set_norm
+from lsml_tui.trainer.optim.optimizers import (rebuild_keeping_state, set_weight_decay,
+                                               switch_optimizer)
+from lsml_tui.trainer.validate import check_clip, check_dropout, check_lr, check_weight_decay
 
 
 class RunControls:
@@ -133,6 +134,24 @@ class Controls(RunControls):
                 old, self.clip = self.clip, t
                 fmt = lambda v: "off" if v is None else f"{v:g}"  # noqa: E731
                 return f"clip {fmt(old)} -> {fmt(t)}", {"clip": t, "previous": old}
+            case C.SetDropout(p=p):
+                if self.cfg.dropout is None:
+                    raise ConfigError(f"dropout does not apply to the {self.cfg.model} model: "
+                                      f"{specs.DROPOUT_REFUSED[self.cfg.model]}")
+                check_dropout(p)
+                old, self.dropout = self.dropout, float(p)
+                slots = set_dropout(self.model, self.dropout)
+                return (f"dropout {old:g} -> {p:g} in {slots} slots (training only: "
+                        f"validation runs without it)", {"dropout": float(p), "previous": old})
+            case C.SetWeightDecay(weight_decay=wd):
+                check_weight_decay(wd)
+                old, self.weight_decay = self.weight_decay, float(wd)
+                groups = set_weight_decay(self.optimizer, self.weight_decay)
+                how = ("decoupled, shrinking the weights by lr x wd each step"
+                       if self.optimizer_name in specs.DECOUPLED_DECAY else
+                       "an L2 penalty wd/2 |w|^2 added to the loss's gradient")
+                return (f"weight decay {old:g} -> {wd:g} on {groups} groups ({how})",
+                        {"weight_decay": float(wd), "previous": old})
             case C.Rewind():
                 detail = self.snapshot.restore(self)
                 self._restart_average_and_svrg()
@@ -172,4 +191,5 @@ class Controls(RunControls):
         if old in specs.SCHEDULE_FREE:          # switch_optimizer went to its average first
             state += f"; the weights go on from {old}'s average x"
         return (f"optimizer {old} -> {new} (lr {lr:g}); {state}",
-                {"optimizer": new, "previous": old, "lr": lr, "carried": list(carried)})
+                {"optimizer": new, "previous": old, "lr": lr, "carried": list(carried),
+                 "weight_decay": wd})

@@ -57,16 +57,22 @@ class TeacherTask(Task):
     """Labels are the argmax of a fixed random tanh network: learnable, never perfectly linear."""
 
     def __init__(self, device, seed: int, in_dim: int = 32, classes: int = 10,
-                 n_train: int = 16384, n_val: int = 2048):
+                 n_train: int = 16384, n_val: int = 2048, train_examples: int | None = None):
         super().__init__(device)
         g = torch.Generator().manual_seed(seed)
         w1 = torch.randn(in_dim, 64, generator=g) / math.sqrt(in_dim)
         w2 = torch.randn(64, classes, generator=g) / math.sqrt(64)
         x = torch.randn(n_train + n_val, in_dim, generator=g)
         logits = torch.tanh(2 * x @ w1) @ w2
-        y = (logits - logits.mean(0)).argmax(1)  # centring balances the classes
+        centre = logits.mean(0)
+        y = (logits - centre).argmax(1)         # centring balances the classes
         self.x_train, self.x_val = x[:n_train].to(device), x[n_train:].to(device)
         self.y_train, self.y_val = y[:n_train].to(device), y[n_train:].to(device)
+        if train_examples is not None:          # the same validation set whatever the size
+            extra = torch.randn(max(0, train_examples - n_train), in_dim, generator=g)
+            x = torch.cat([x[:min(train_examples, n_train)], extra])
+            y = (torch.tanh(2 * x @ w1) @ w2 - centre).argmax(1)
+            self.x_train, self.y_train = x.to(device), y.to(device)
         self.model_fields = {"in_dim": in_dim, "classes": classes}
 
 
@@ -104,11 +110,17 @@ def draw_shapes(labels: torch.Tensor, size: int, gen: torch.Generator) -> torch.
 
 class ShapesTask(Task):
     def __init__(self, device, seed: int, image_size: int = 16, n_train: int = 8192,
-                 n_val: int = 1024):
+                 n_val: int = 1024, train_examples: int | None = None):
         super().__init__(device)
         g = torch.Generator().manual_seed(seed)
         y = torch.randint(10, (n_train + n_val,), generator=g)
         x = draw_shapes(y, image_size, g)
+        if train_examples is not None:          # the same validation set whatever the size
+            y_more = torch.randint(10, (max(0, train_examples - n_train),), generator=g)
+            keep = min(train_examples, n_train)
+            x = torch.cat([x[:keep], draw_shapes(y_more, image_size, g), x[n_train:]])
+            y = torch.cat([y[:keep], y_more, y[n_train:]])
+            n_train = train_examples
         self.x_train, self.x_val = x[:n_train].to(device), x[n_train:].to(device)
         self.y_train, self.y_val = y[:n_train].to(device), y[n_train:].to(device)
         self.model_fields = {"image_size": image_size, "classes": 10}
@@ -132,7 +144,8 @@ def adding_problem(n: int, seq_len: int, gen: torch.Generator):
 
 
 class AddingTask(Task):
-    """Fresh sequences every training batch; a fixed validation set.
+    """Fresh sequences every training batch (or a fixed set of `train_examples`, drawn once);
+    a fixed validation set.
 
     The target is the sum of two U(0, 1) values: its variance is 2 * 1/12 = 1/6,
     the MSE of always predicting the mean 1.0. A model below that has learned.
@@ -140,15 +153,20 @@ class AddingTask(Task):
 
     baseline_mse = 1 / 6
 
-    def __init__(self, device, seed: int, seq_len: int, n_val: int = 2048):
+    def __init__(self, device, seed: int, seq_len: int, n_val: int = 2048,
+                 train_examples: int | None = None):
         super().__init__(device)
         self.seq_len = seq_len
         x, y = adding_problem(n_val, seq_len, torch.Generator().manual_seed(seed + 7919))
         self.x_val, self.y_val = x.to(device), y.to(device)
+        self.finite = train_examples is not None
+        if self.finite:
+            x, y = adding_problem(train_examples, seq_len, torch.Generator().manual_seed(seed))
+            self.x_train, self.y_train = x.to(device), y.to(device)
         self.model_fields = {"in_dim": 2, "out_dim": 1, "seq_len": seq_len}
 
     def batch(self, split, batch_size, gen):
-        if split != "train":
+        if split != "train" or self.finite:
             return super().batch(split, batch_size, gen)
         x, y = adding_problem(batch_size, self.seq_len, gen)
         return x.to(self.device), y.to(self.device)
@@ -175,7 +193,8 @@ def stdlib_text(max_chars: int = 1_000_000) -> str:
 class TextTask(Task):
     """Character-level LM: 90% of the text for training, the last 10% for validation."""
 
-    def __init__(self, device, seq_len: int, path: str | None = None):
+    def __init__(self, device, seq_len: int, path: str | None = None,
+                 train_examples: int | None = None):
         super().__init__(device)
         text = Path(path).read_text(encoding="utf-8", errors="replace") if path else stdlib_text()
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
@@ -187,6 +206,12 @@ class TextTask(Task):
         self.seq_len = seq_len
         if len(self.val_tokens) <= seq_len + 1:
             raise ValueError(f"the text is too short for --seq-len {seq_len}")
+        if train_examples is not None:          # the first N windows: N + T + 1 characters
+            windows = len(self.train_tokens) - seq_len - 1
+            if train_examples > windows:
+                raise ValueError(f"--train-examples {train_examples} is more than the "
+                                 f"{windows:,} training windows the text holds")
+            self.train_tokens = self.train_tokens[:train_examples + seq_len + 1]
         self.model_fields = {"vocab_size": len(vocab), "seq_len": seq_len}
 
     def batch(self, split, batch_size, gen):
@@ -246,12 +271,13 @@ class LinearTask(Task):
 
 
 def build_task(cfg, device: torch.device) -> Task:
-    if cfg.model == "mlp":
-        return TeacherTask(device, cfg.seed)
+    n = cfg.train_examples                              # None: the task's own training set
+    if cfg.model in ("mlp", "rff"):                     # random features: the MLP's task
+        return TeacherTask(device, cfg.seed, train_examples=n)
     if cfg.model == "cnn":
-        return ShapesTask(device, cfg.seed)
+        return ShapesTask(device, cfg.seed, train_examples=n)
     if cfg.model == "rnn":
-        return AddingTask(device, cfg.seed, cfg.seq_len)
+        return AddingTask(device, cfg.seed, cfg.seq_len, train_examples=n)
     if cfg.model == "linear":
         return LinearTask(device, cfg.seed, cfg.dim, cfg.kappa, cfg.examples, cfg.noise)
-    return TextTask(device, cfg.seq_len, cfg.text)
+    return TextTask(device, cfg.seq_len, cfg.text, train_examples=n)

@@ -224,6 +224,18 @@ class AveragedVal:
 
 
 @dataclass(frozen=True)
+class Overfitting:
+    """Validation loss rose above its best for several validations while training loss fell
+    (watches/generalization.py has the rule); emitted once."""
+    step: int
+    val_loss: float
+    train_loss: float               # the mean of the recent steps' losses
+    best_val_loss: float
+    best_val_step: int
+    train_loss_at_best: float
+
+
+@dataclass(frozen=True)
 class Logged:
     """A watched script's own values at a step (``run.log(accuracy=...)``), beyond the loss."""
     step: int
@@ -247,8 +259,8 @@ class RunFinished:
 Event = (RunStarted | StepMetrics | ValMetrics | CommandApplied | CommandRefused | Diverged
          | OutOfMemory | RecordingProblem | RunFailed | ClipEvent | NonFiniteGradients | FlopTable
          | LayerStats | MemorySample | TimingSample | SystemSample | TraceCaptured | DistSample
-         | TheoryInfo | TheorySample | AveragedVal | SharpnessSample | NoiseSample | Logged | Notice
-         | RunFinished)
+         | TheoryInfo | TheorySample | AveragedVal | SharpnessSample | NoiseSample | Overfitting
+         | Logged | Notice | RunFinished)
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
 

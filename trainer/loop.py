@@ -30,7 +30,7 @@ from lsml_tui.trainer.profiling import NULL_PROBE, Profiler
 from lsml_tui.trainer.record import Recording
 from lsml_tui.trainer.recovery import Snapshot, is_out_of_memory
 from lsml_tui.trainer.watches.divergence import BlowUpWatch
-from lsml_tui.trainer.watches.generalization import BestWatch
+from lsml_tui.trainer.watches.generalization import BestWatch, OverfitWatch
 from lsml_tui.trainer.watches.noise import NoiseWatch
 from lsml_tui.trainer.watches.sharpness import SharpnessWatch
 from lsml_tui.trainer.watches.theory import TheoryWatch
@@ -63,6 +63,7 @@ class Trainer(Recording, Controls, FaultPolicy):
         self._index_params()
         self.optimizer_name, self.norm = cfg.optimizer, cfg.norm
         self.base_lr, self.clip, self.weight_decay = cfg.lr, cfg.clip, cfg.weight_decay
+        self.dropout = cfg.dropout                      # None: the family has no dropout
         self.hparams = {k: getattr(cfg, k) for k in specs.OPTIMIZERS[cfg.optimizer].hparams}
         self.optimizer = self.dp.shard(build_optimizer(cfg.optimizer, self.model, cfg.lr,
                                                        cfg.weight_decay, self.hparams))
@@ -98,6 +99,7 @@ class Trainer(Recording, Controls, FaultPolicy):
         self._bad_in_row = 0                # skipped steps in a row (non-finite loss or grads)
         self.blow_up = BlowUpWatch(cfg.diverge_factor, cfg.diverge_steps)
         self.best = BestWatch(cfg.early_stop, bool(cfg.restore_best))
+        self.overfit = OverfitWatch()
         self.stopped_early = False          # --early-stop ended the run: it is 'finished'
         self.restored_best = False
         self.snapshot = Snapshot(self)      # the last good state, for a rewind

@@ -16,8 +16,8 @@ import time
 import torch
 
 from lsml_tui.trainer.commands import Stop
-from lsml_tui.trainer.events import (AveragedVal, ClipEvent, Notice, RunFinished, StepMetrics,
-                                     SystemSample, TheorySample, ValMetrics)
+from lsml_tui.trainer.events import (AveragedVal, ClipEvent, Notice, Overfitting, RunFinished,
+                                     StepMetrics, SystemSample, TheorySample, ValMetrics)
 from lsml_tui.trainer.models import num_params
 from lsml_tui.trainer.optim.optimizers import evaluating
 
@@ -25,7 +25,7 @@ from lsml_tui.trainer.optim.optimizers import evaluating
 class Recorder:
     """Records a run. Needs ``events`` (a Coalescer), ``store`` (a RunStore or None),
     ``step``, ``status``, ``initial_loss``, ``recent_losses`` (a bounded deque),
-    ``last_grad_norm``, ``clip_count``, ``_trace`` (a TraceCapture or None) and
+    ``overfit`` (an OverfitWatch), ``last_grad_norm``, ``clip_count``, ``_trace`` (a TraceCapture or None) and
     ``summary()``."""
 
     def emit(self, event) -> None:
@@ -65,6 +65,18 @@ class Recorder:
         if self.store is not None:
             self.store.record_clip(step, norm, threshold, scale)
         return scale
+
+    def record_validation(self, step: int, val_loss: float) -> None:
+        """A validation loss: the store's row, the loss panel's point, the overfitting alarm
+        (``overfit``, an OverfitWatch)."""
+        if self.store is not None:
+            self.store.record_val(step, time.time(), val_loss)
+        self.events.emit(ValMetrics(step, val_loss))
+        self.last_val_loss = val_loss
+        recent = list(self.recent_losses)
+        alarm = self.overfit.observe(step, val_loss, sum(recent) / len(recent) if recent else None)
+        if alarm:
+            self.emit(Overfitting(**alarm))
 
     def record_step(self, step: int, loss: float, lr: float, grad_norm: float,
                     grad_norm_clipped: float, clipped: bool, eps: float) -> None:
@@ -123,9 +135,7 @@ class Recording(Recorder):
         if self.average is not None:                        # the averaged weights, alike
             self.last_val_loss_averaged = self.val_loss(self.average.model)
             self.emit_sample(AveragedVal(step, self.last_val_loss_averaged))
-        if self.store is not None:
-            self.store.record_val(step, time.time(), self.last_val_loss)
-        self.events.emit(ValMetrics(step, self.last_val_loss))
+        self.record_validation(step, self.last_val_loss)
         self.final_gap_val = self.last_val_loss     # the gap is the trained state's, not a restore's
         if self.best.observe(step, self.last_val_loss, self.model) and not self.stopped_early:
             self.stopped_early = True               # every rank stops at one step: a command
@@ -161,11 +171,14 @@ class Recording(Recorder):
             "norm": self.norm,
             "lr": self.base_lr,
             "clip": self.clip,
+            "weight_decay": self.weight_decay,
+            **({"dropout": self.dropout} if self.dropout is not None else {}),
             "initial_train_loss": self.initial_loss,
             "final_train_loss": sum(recent) / len(recent) if recent else None,
             "final_val_loss": self.last_val_loss,
             **self.best.summary(sum(recent) / len(recent) if recent else None,
                                 getattr(self, "final_gap_val", None)),
+            "overfitting_step": self.overfit.fired_at,
             **({"early_stop": self.cfg.early_stop, "stopped_early": self.stopped_early}
                if self.cfg.early_stop is not None else {}),
             **({"restored_best": self.restored_best} if self.cfg.restore_best else {}),

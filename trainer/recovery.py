@@ -13,7 +13,7 @@ import copy
 import torch
 
 from lsml_tui.trainer.config import ConfigError
-from lsml_tui.trainer.optim.optimizers import local, parts
+from lsml_tui.trainer.optim.optimizers import local, parts, set_weight_decay
 
 
 class Snapshot:
@@ -34,6 +34,7 @@ class Snapshot:
         same = trainer.optimizer_name == self.optimizer_name
         if same:
             local(trainer.optimizer).load_state_dict(copy.deepcopy(self.optimizer_state))
+            set_weight_decay(trainer.optimizer, trainer.weight_decay)   # as set now, not then
         else:                                   # another optimizer's state means nothing here
             for sub in parts(trainer.optimizer):
                 sub.state.clear()

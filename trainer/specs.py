@@ -34,6 +34,17 @@ class MLPConfig:
     width: int = 128            # hidden width
     activation: str = "relu"    # relu | gelu | tanh | sigmoid
     norm: str = "none"          # none | batch | layer | rms
+    dropout: float = 0.0        # nn.Dropout after each block's activation
+
+
+@dataclass(frozen=True)
+class RFFConfig:
+    in_dim: int = 32            # input features of the teacher task (the MLP's task)
+    classes: int = 10           # output classes
+    width: int = 512            # random features D; only the D x classes readout is trained
+    sigma: float = 8.0          # kernel bandwidth, W ~ N(0, 1/sigma^2): the median distance
+                                # between two inputs, sqrt(2 in_dim) (the median heuristic)
+    norm: str = "none"          # a fixed feature map has no normalization slot
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class CNNConfig:
     width: int = 32             # channels of every conv block
     residual: bool = False      # add the block's input to its output
     norm: str = "batch"         # none | batch | layer | rms | group
+    dropout: float = 0.0        # nn.Dropout after each block's activation
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class TransformerConfig:
     heads: int = 4              # attention heads; must divide width
     seq_len: int = 64           # context length in characters
     norm: str = "layer"         # none | layer | rms, pre-norm as in GPT-2
+    dropout: float = 0.0        # on the embeddings and each residual branch (nanoGPT's resid_dropout)
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class LinearConfig:
 
 MODEL_CONFIGS = {
     "mlp": MLPConfig,
+    "rff": RFFConfig,
     "cnn": CNNConfig,
     "rnn": RNNConfig,
     "transformer": TransformerConfig,
@@ -87,18 +101,30 @@ MODEL_CONFIGS = {
 # Which run-config size fields each model reads (a flag for another model is refused).
 MODEL_FIELDS = {
     "mlp": ("layers", "width", "activation"),
+    "rff": ("width", "sigma"),
     "cnn": ("layers", "width", "residual"),
     "rnn": ("layers", "width", "seq_len", "cell"),
     "transformer": ("layers", "width", "heads", "seq_len", "text"),
     "linear": ("dim", "kappa", "examples", "noise"),
 }
 
+# --dropout: the families with nn.Dropout in their blocks; why the others have none
+DROPOUT_REFUSED = {
+    "rnn": "dropout across time steps needs one mask per sequence (variational dropout); the "
+           "RNN has none",
+    "rff": "only the readout of fixed random features is trained: nothing to co-adapt",
+    "linear": "least squares has no hidden units to drop",
+}
+# --train-examples: every family draws its training batches from a set it can shrink, except
+# least squares, whose set is --examples rows
+TRAIN_EXAMPLES_REFUSED = {"linear": "its training set is its --examples rows of X"}
+
 CHOICES = {
     "activation": ("relu", "gelu", "tanh", "sigmoid"),
     "cell": ("rnn", "gru", "lstm"),
 }
 
-DEFAULT_BATCH_SIZE = {"mlp": 128, "cnn": 64, "rnn": 64, "transformer": 32, "linear": None}
+DEFAULT_BATCH_SIZE = {"mlp": 128, "rff": 128, "cnn": 64, "rnn": 64, "transformer": 32, "linear": None}
 # (linear: None is every example, full-batch gradient descent)
 
 # Norms a model refuses, with the reason shown to the user.
@@ -114,6 +140,8 @@ REFUSED_NORMS = {
         "group": "group norm needs channels; the transformer takes none, layer or rms",
     },
     "cnn": {},
+    "rff": {n: "random features are a fixed map cos(Wx + b): nothing to normalize"
+            for n in NORMS if n != "none"},
     "linear": {n: "the linear model is least squares, with no normalization slot"
                for n in NORMS if n != "none"},
 }
@@ -171,6 +199,9 @@ OPTIMIZERS = {
     "adamw-sf": OptimizerSpec(lr=2.5e-3, hparams=("beta1", "beta2"), weight_decay=0.01,
                               defaults={"beta1": 0.9, "beta2": 0.999}),
 }
-SCHEDULE_FREE = ("adamw-sf",)   # optimizers with a train/eval switch of the weights
+SCHEDULE_FREE = ("adamw-sf",)
+# weight decay applied to the weights themselves (w -= lr wd w); the others add wd w to the
+# gradient, an L2 penalty that Adam's preconditioner then rescales (Loshchilov & Hutter)
+DECOUPLED_DECAY = ("adamw", "muon", "adamw-sf", "adafactor")   # optimizers with a train/eval switch of the weights
 
 SCHEDULES = ("constant", "warmup-cosine", "step", "inverse-time")

@@ -35,7 +35,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     used = specs.MODEL_FIELDS[cfg.model]
     changes = {}
     for name in ("layers", "width", "heads", "seq_len", "cell", "activation", "residual", "text",
-                 "dim", "kappa", "examples", "noise"):
+                 "dim", "kappa", "examples", "noise", "sigma"):
         value = getattr(cfg, name)
         if name not in used:
             if value is not None:
@@ -58,6 +58,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"--kappa {cfg.kappa} is out of range: must be a finite number >= 1")
         if not (math.isfinite(cfg.noise) and cfg.noise >= 0):
             raise ConfigError(f"--noise {cfg.noise} is out of range: must be a finite number >= 0")
+    if cfg.sigma is not None and not (math.isfinite(cfg.sigma) and cfg.sigma > 0):
+        raise ConfigError(f"--sigma {cfg.sigma} is out of range: must be a finite number > 0")
+    dropout = check_regularizers(cfg)
     if cfg.seq_len is not None and cfg.seq_len < 2:
         raise ConfigError(f"--seq-len {cfg.seq_len} is out of range: must be >= 2")
     if cfg.heads is not None and cfg.width % cfg.heads:
@@ -112,8 +115,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     lr = opt.lr if cfg.lr is None else cfg.lr
     check_lr(lr)
     wd = opt.weight_decay if cfg.weight_decay is None else cfg.weight_decay
-    if not (math.isfinite(wd) and wd >= 0):
-        raise ConfigError(f"--weight-decay {wd} is out of range: must be a finite number >= 0")
+    check_weight_decay(wd)
     check_clip(cfg.clip)
 
     on_diverge = cfg.on_diverge if cfg.on_diverge is not None else "stop"
@@ -182,7 +184,38 @@ def resolve(cfg: RunConfig) -> RunConfig:
                           f">= 1 (validations without a new best; leave it out for off)")
     restore = cfg.early_stop is not None if cfg.restore_best is None else cfg.restore_best
     return cfg.replace(norm=norm, lr=lr, weight_decay=wd, batch_size=batch, on_diverge=on_diverge,
-                       warmup_steps=warmup, decay_every=decay, restore_best=restore, **hp)
+                       warmup_steps=warmup, decay_every=decay, restore_best=restore,
+                       dropout=dropout, **hp)
+
+
+def check_regularizers(cfg: RunConfig) -> float | None:
+    """--dropout and --train-examples for the chosen family; the dropout to train with
+    (0 where the family has dropout slots, None where it has none)."""
+    if cfg.train_examples is not None:
+        if cfg.model in specs.TRAIN_EXAMPLES_REFUSED:
+            raise ConfigError(f"--train-examples does not apply to the {cfg.model} model: "
+                              f"{specs.TRAIN_EXAMPLES_REFUSED[cfg.model]}")
+        if cfg.train_examples < 1:
+            raise ConfigError(f"--train-examples {cfg.train_examples} is out of range: must be "
+                              f"an integer >= 1")
+    if cfg.model in specs.DROPOUT_REFUSED:
+        if cfg.dropout:
+            raise ConfigError(f"--dropout does not apply to the {cfg.model} model: "
+                              f"{specs.DROPOUT_REFUSED[cfg.model]}")
+        return None
+    dropout = 0.0 if cfg.dropout is None else cfg.dropout
+    check_dropout(dropout)
+    return dropout
+
+
+def check_dropout(p: float) -> None:
+    if not (math.isfinite(p) and 0 <= p < 1):
+        raise ConfigError(f"--dropout {p} is out of range: must be in [0, 1)")
+
+
+def check_weight_decay(wd: float) -> None:
+    if not (math.isfinite(wd) and wd >= 0):
+        raise ConfigError(f"--weight-decay {wd} is out of range: must be a finite number >= 0")
 
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}

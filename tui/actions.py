@@ -1,5 +1,5 @@
 """The dashboard's actions: the keys that command the trainer (optimizer, norm, lr, clip,
-pause, step, rewind, trace, lr-find, model, restart), export, and the views (log scale,
+dropout, weight decay, pause, step, rewind, trace, lr-find, model, restart), export, and the views (log scale,
 smoothing, help). ``Actions`` is a part of ``LsmlApp`` (app.py), which binds the keys.
 """
 
@@ -11,7 +11,8 @@ import functools
 from lsml_tui.trainer import commands as C
 from lsml_tui.trainer import specs
 from lsml_tui.trainer.config import ConfigError, RunConfig
-from lsml_tui.trainer.validate import check_clip, check_lr, resolve
+from lsml_tui.trainer.validate import (check_clip, check_dropout, check_lr, check_weight_decay,
+                                       resolve)
 from lsml_tui.tui.panels import EventsPanel, GradientsPanel, LossPanel, StatusLine
 from lsml_tui.tui.screens import ChoiceScreen, HelpScreen, ValueScreen
 
@@ -25,6 +26,8 @@ NOT_FOR_YOUR_SCRIPT = {
     "pick_optimizer": "your script builds its optimizer; switch it there",
     "pick_norm": "your script builds its model; change the normalization there",
     "set_clip": "your script does its own clipping; change the threshold there",
+    "set_dropout": "your script builds its model; set its dropout there",
+    "set_weight_decay": "your script builds its optimizer; set its weight decay there",
     "rewind": "a watched run keeps no snapshot of your model to rewind to",
     "lr_find": "the range test trains lsml-tui's own models; run it on yours with a sweep "
                "of your script",
@@ -109,6 +112,29 @@ class Actions:
             return C.SetClip(value)
         clip = self.query_one(GradientsPanel).clip
         self._ask("Clip threshold (> 0, or off)", "off" if clip is None else f"{clip:g}", parse)
+
+    @trains
+    def action_set_dropout(self) -> None:
+        if self.cfg.model in specs.DROPOUT_REFUSED:
+            self.notify(f"no dropout in the {self.cfg.model}: "
+                        f"{specs.DROPOUT_REFUSED[self.cfg.model]}", severity="warning")
+            return
+
+        def parse(text: str) -> C.SetDropout:
+            p = float(text)
+            check_dropout(p)
+            return C.SetDropout(p)
+        self._ask("Dropout probability (0 to < 1; 0 is off)",
+                  f"{self.query_one(StatusLine).state['dropout'] or 0:g}", parse)
+
+    @trains
+    def action_set_weight_decay(self) -> None:
+        def parse(text: str) -> C.SetWeightDecay:
+            wd = float(text)
+            check_weight_decay(wd)
+            return C.SetWeightDecay(wd)
+        self._ask("Weight decay (>= 0; 0 is off)",
+                  f"{self.query_one(StatusLine).state['weight_decay'] or 0:g}", parse)
 
     @trains
     def action_toggle_pause(self) -> None:

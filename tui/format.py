@@ -62,6 +62,12 @@ def describe(e) -> str:
             return f"step {e.step}: trainer failed: {e.error}"
         case E.Notice():
             return f"step {e.step}: {e.message}"
+        case E.Overfitting():
+            rise = e.val_loss / e.best_val_loss - 1 if e.best_val_loss > 0 else float("inf")
+            return (f"step {e.step}: overfitting: validation loss {e.val_loss:.4g} is {rise:.0%} "
+                    f"above its best ({e.best_val_loss:.4g} at step {e.best_val_step}) while "
+                    f"training loss fell {e.train_loss_at_best:.4g} -> {e.train_loss:.4g}; "
+                    f"early stopping, weight decay (W), dropout (d) or more data would help")
         case E.TraceCaptured():
             return f"step {e.step}: trace of {e.steps} steps written to {e.path}"
         case E.RunFinished():

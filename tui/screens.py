@@ -63,6 +63,8 @@ trainer between two steps; the loss panel marks the step where it took effect.
 | `n` | pick the normalization (new norms start as identity) |
 | `l` | set the learning rate |
 | `c` | set the gradient-clipping threshold, or `off` |
+| `d` | set the dropout probability (MLP, CNN, transformer; validation runs without it) |
+| `W` | set the weight decay (decoupled for AdamW, an L2 penalty in the gradient for Adam and SGD) |
 | `space` | pause / resume |
 | `s` | one step while paused |
 | `w` | rewind to the last good weights and optimizer state (after a divergence) |

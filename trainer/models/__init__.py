@@ -1,5 +1,5 @@
-"""The model families (MLP, CNN, RNN, transformer, linear), one file each, and their
-normalization slots; built from a resolved run config and its task.
+"""The model families (MLP, random features, CNN, RNN, transformer, linear), one file each,
+their normalization slots and dropout; built from a resolved run config and its task.
 
 May import torch and ``lsml_tui.trainer.specs``; nothing else of the trainer.
 """
@@ -15,12 +15,14 @@ from lsml_tui.trainer.models.cnn import CNN
 from lsml_tui.trainer.models.linear import Linear
 from lsml_tui.trainer.models.mlp import MLP
 from lsml_tui.trainer.models.norms import NormSlot, set_norm
+from lsml_tui.trainer.models.rff import RFF
 from lsml_tui.trainer.models.rnn import RNN
 from lsml_tui.trainer.models.transformer import Transformer
 
-MODELS = {"mlp": MLP, "cnn": CNN, "rnn": RNN, "transformer": Transformer, "linear": Linear}
+MODELS = {"mlp": MLP, "rff": RFF, "cnn": CNN, "rnn": RNN, "transformer": Transformer, "linear": Linear}
 
-__all__ = ["MODELS", "NormSlot", "build_model", "model_config", "num_params", "set_norm"]
+__all__ = ["MODELS", "NormSlot", "build_model", "model_config", "num_params", "set_dropout",
+           "set_norm"]
 
 
 def model_config(cfg, task_fields: dict):
@@ -38,3 +40,11 @@ def build_model(cfg, task_fields: dict) -> nn.Module:
 
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout's probability to `p` (live, between two steps); returns how many."""
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for m in drops:
+        m.p = p
+    return len(drops)

@@ -1,4 +1,5 @@
-"""Convolutional net: (conv3x3 -> norm -> ReLU -> optional 2x2 pool) x layers, global pool, head."""
+"""Convolutional net: (conv3x3 -> norm -> ReLU -> dropout -> optional 2x2 pool) x layers, global
+pool, head."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from lsml_tui.trainer.specs import CNNConfig
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, norm: str, pool: bool, residual: bool):
+    def __init__(self, c_in: int, c_out: int, norm: str, pool: bool, residual: bool,
+                 dropout: float):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
         self.norm = NormSlot(c_out, norm, layout="channels")
         self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout)     # each activation alike; p = 0 is the identity
         self.residual = residual and c_in == c_out  # the stem changes channels: no skip there
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
 
     def forward(self, x):  # (B, C_in, H, W) -> (B, C_out, H', W')
-        y = self.act(self.norm(self.conv(x)))
+        y = self.drop(self.act(self.norm(self.conv(x))))
         if self.residual:
             y = y + x
         return self.pool(y)
@@ -31,7 +34,7 @@ class CNN(nn.Module):
         blocks, size, c_in = [], cfg.image_size, 1
         for _ in range(cfg.layers):
             pool = size >= 4  # halve the image while it is at least 4 pixels wide
-            blocks.append(ConvBlock(c_in, cfg.width, cfg.norm, pool, cfg.residual))
+            blocks.append(ConvBlock(c_in, cfg.width, cfg.norm, pool, cfg.residual, cfg.dropout))
             size, c_in = (size // 2 if pool else size), cfg.width
         self.blocks = nn.Sequential(*blocks)
         self.gap = nn.AdaptiveAvgPool2d(1)

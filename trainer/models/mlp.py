@@ -1,4 +1,5 @@
-"""Multi-layer perceptron: (Linear -> norm -> activation) x layers, then a linear head."""
+"""Multi-layer perceptron: (Linear -> norm -> activation -> dropout) x layers, then a linear
+head."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.
 
 
 class Block(nn.Module):
-    def __init__(self, d_in: int, d_out: int, norm: str, activation: str):
+    def __init__(self, d_in: int, d_out: int, norm: str, activation: str, dropout: float):
         super().__init__()
         self.fc = nn.Linear(d_in, d_out)
         self.norm = NormSlot(d_out, norm)
         self.act = ACTIVATIONS[activation]()
+        self.drop = nn.Dropout(dropout)     # p = 0 is the identity (set_dropout changes p live)
 
     def forward(self, x):  # (B, d_in) -> (B, d_out)
-        return self.act(self.norm(self.fc(x)))
+        return self.drop(self.act(self.norm(self.fc(x))))
 
 
 class MLP(nn.Module):
@@ -26,7 +28,7 @@ class MLP(nn.Module):
         super().__init__()
         self.config = cfg
         dims = [cfg.in_dim] + [cfg.width] * cfg.layers
-        self.blocks = nn.Sequential(*[Block(a, b, cfg.norm, cfg.activation)
+        self.blocks = nn.Sequential(*[Block(a, b, cfg.norm, cfg.activation, cfg.dropout)
                                       for a, b in zip(dims, dims[1:])])
         self.head = nn.Linear(dims[-1], cfg.classes)
 

@@ -45,10 +45,11 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.norm2 = NormSlot(cfg.width, cfg.norm)
         self.mlp = FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)     # on each residual branch (nanoGPT's resid_dropout)
 
     def forward(self, x):  # pre-norm residual block, (B, T, C)
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class Transformer(nn.Module):
@@ -57,6 +58,7 @@ class Transformer(nn.Module):
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.width)
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.width)
+        self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
         self.norm_f = NormSlot(cfg.width, cfg.norm)
         self.head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)  # untied
@@ -75,7 +77,7 @@ class Transformer(nn.Module):
     def forward(self, idx):  # (B, T) token ids -> (B, T, vocab) logits
         T = idx.shape[1]
         pos = torch.arange(T, device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, C)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm_f(x))

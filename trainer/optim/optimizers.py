@@ -29,8 +29,9 @@ class MuonAdamW:
     def __init__(self, model: nn.Module, lr: float, weight_decay: float, momentum: float):
         hidden = {id(m.weight) for name, m in model.named_modules()
                   if isinstance(m, nn.Linear) and not name.endswith("head")}
-        matrices = [p for p in model.parameters() if id(p) in hidden]
-        others = [p for p in model.parameters() if id(p) not in hidden]
+        trained = [p for p in model.parameters() if p.requires_grad]
+        matrices = [p for p in trained if id(p) in hidden]
+        others = [p for p in trained if id(p) not in hidden]
         self.optimizers = []
         if matrices:
             self.optimizers.append(torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay,
@@ -130,6 +131,16 @@ def evaluating(opt):
 def parts(opt) -> list:
     """The torch optimizers inside `opt`: itself, or MuonAdamW's two."""
     return getattr(opt, "optimizers", [opt])
+
+
+def set_weight_decay(opt, weight_decay: float) -> int:
+    """Set the weight decay of the groups built to decay (those holding a matrix or an
+    embedding: biases and norm gains never decay); returns how many groups."""
+    groups = [g for sub in parts(opt) for g in sub.param_groups
+              if any(p.ndim >= 2 for p in g["params"])]
+    for g in groups:
+        g["weight_decay"] = weight_decay
+    return len(groups)
 
 
 def local(opt):

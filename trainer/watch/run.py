@@ -25,7 +25,7 @@ import torch
 
 from lsml_tui.profilers.system import SystemSampler
 from lsml_tui.trainer.events import (Coalescer, Logged, Notice, RunFailed, RunStarted,
-                                     TraceCaptured, ValMetrics)
+                                     TraceCaptured)
 from lsml_tui.trainer.guard import ReadBack, grad_norms
 from lsml_tui.trainer.profiling import NULL_PROBE, Profiler
 from lsml_tui.trainer.record import Recorder
@@ -34,6 +34,7 @@ from lsml_tui.trainer.watch import seen
 from lsml_tui.trainer.watch.control import WatchControls
 from lsml_tui.trainer.watch.measure import Measuring
 from lsml_tui.trainer.watch.ranks import Ranks, world
+from lsml_tui.trainer.watches.generalization import OverfitWatch
 from lsml_tui.trainer.watch.setup import (check_arguments, follow_parent, run_dir_for,
                                            stored_config)
 
@@ -72,6 +73,7 @@ class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
         self._trace = None
         self.initial_loss, self.last_grad_norm, self.clip_count = None, None, 0
         self.recent_losses: deque = deque(maxlen=10)
+        self.overfit, self.last_val_loss = OverfitWatch(), None
         self.sample_every = sample_every
         self.profiler = Profiler(lambda: self.model, self.device, profile and not self.compiled,
                                  sample_every)
@@ -278,11 +280,7 @@ class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
                 stacked = stacked.tolist()
             values = dict(zip(names, stacked)) if names else {}
             if "val_loss" in values:            # the user's validation: the loss panel's line
-                val = values.pop("val_loss")
-                if self.store is not None:
-                    self.store.record_val(entry.step, time.time(), val)
-                self.events.emit(ValMetrics(entry.step, val))
-                self.last_val_loss = val
+                self.record_validation(entry.step, values.pop("val_loss"))
             if values or lrs:
                 self.emit_sample(Logged(entry.step, {**values, **lrs}))
 
@@ -299,7 +297,7 @@ class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "initial_train_loss": self.initial_loss,
             "final_train_loss": sum(recent) / len(recent) if recent else None,
-            "final_val_loss": getattr(self, "last_val_loss", None),
+            "final_val_loss": self.last_val_loss, "overfitting_step": self.overfit.fired_at,
             "last_grad_norm": self.last_grad_norm, "clip_events": self.clip_count,
             "steps_per_second": self.step / self.train_seconds if self.train_seconds else None,
             **({"error": self.error} if self.error else {}),

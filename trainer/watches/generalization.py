@@ -1,6 +1,6 @@
 """The validation curve against the training curve: the best validation loss and its step,
-the generalization gap, early stopping with the best weights kept (--early-stop,
---restore-best).
+the generalization gap, the overfitting alarm, early stopping with the best weights kept
+(--early-stop, --restore-best).
 
 Early stopping follows Keras's and Lightning's convention: `patience` validations in a
 row without a new best (a strictly lower loss) stop the run. The best weights are a copy
@@ -45,3 +45,42 @@ class BestWatch:
                if final_val_loss is not None and final_train_loss is not None else None)
         return {"best_val_loss": self.best_loss, "best_val_step": self.best_step,
                 "generalization_gap": gap}
+
+
+class OverfitWatch:
+    """Overfitting: validation loss up while training loss goes down. Said once.
+
+    The rule: `patience` validations in a row at least `rise` (relative) above the best
+    validation loss, and at least `floor` of the first validation loss above it (so a loss
+    near zero does not alarm on noise of its own size), while the training loss (the mean
+    of the recent steps) is below what it was at the best validation. Five in a row, not
+    three: a spike of Adam with batch norm (the CNN) holds three validations and falls back.
+    """
+
+    def __init__(self, rise: float = 0.10, floor: float = 0.05, patience: int = 5):
+        self.rise, self.floor, self.patience = rise, floor, patience
+        self.first: float | None = None
+        self.best: tuple[float, int, float] | None = None     # (val loss, step, train loss)
+        self.above = 0                  # validations in a row above the bar
+        self.fired_at: int | None = None
+
+    def bar(self) -> float:
+        """How far above the best a validation loss must be to count."""
+        return max(self.rise * self.best[0], self.floor * self.first)
+
+    def observe(self, step: int, val_loss: float, train_loss: float | None) -> dict | None:
+        """A validation; the alarm's facts (once, the first time the rule holds), else None."""
+        if not math.isfinite(val_loss) or train_loss is None or self.fired_at is not None:
+            return None
+        if self.first is None:
+            self.first = val_loss
+        if self.best is None or val_loss < self.best[0]:
+            self.best, self.above = (val_loss, step, train_loss), 0
+            return None
+        self.above = self.above + 1 if val_loss - self.best[0] >= self.bar() else 0
+        if self.above < self.patience or train_loss >= self.best[2]:
+            return None
+        self.fired_at = step
+        return {"step": step, "val_loss": val_loss, "train_loss": train_loss,
+                "best_val_loss": self.best[0], "best_val_step": self.best[1],
+                "train_loss_at_best": self.best[2]}

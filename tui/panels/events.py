@@ -14,7 +14,8 @@ from rich.markup import escape
 from textual.widgets import RichLog
 
 from lsml_tui.trainer.events import (ClipEvent, CommandApplied, CommandRefused, Diverged,
-                                     NonFiniteGradients, Notice, OutOfMemory, RecordingProblem,
+                                     NonFiniteGradients, Notice, OutOfMemory, Overfitting,
+                                     RecordingProblem,
                                      RunFailed, RunFinished, RunStarted, StepMetrics,
                                      TraceCaptured)
 from lsml_tui.tui.format import describe
@@ -22,7 +23,7 @@ from lsml_tui.tui.format import describe
 STYLES = {RunStarted: "bold", CommandApplied: "green", CommandRefused: "yellow",
           NonFiniteGradients: "yellow", Diverged: "bold red", RunFailed: "bold red",
           OutOfMemory: "bold red", RecordingProblem: "yellow",
-          TraceCaptured: "cyan", Notice: "cyan", RunFinished: "bold"}
+          TraceCaptured: "cyan", Notice: "cyan", Overfitting: "bold yellow", RunFinished: "bold"}
 SHOWN = tuple(STYLES)
 WINDOW = 500            # steps the in-place clipping line summarises
 QUIET = 100             # steps without a clip that end a spell of clipping

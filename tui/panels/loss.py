@@ -1,6 +1,7 @@
 """Loss against step: train (raw or EMA-smoothed), validation and, with --average, the
-validation loss of the averaged weights; log-scale toggle, and a marker at every step
-where optimizer, norm, learning rate or clipping changed."""
+validation loss of the averaged weights; log-scale toggle, a marker at every step where
+optimizer, norm, learning rate, clipping, dropout or weight decay changed, the best
+validation (x) and, in red, the overfitting alarm."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
 from lsml_tui.trainer.commands import SWITCHES
-from lsml_tui.trainer.events import AveragedVal, CommandApplied, StepMetrics, ValMetrics
+from lsml_tui.trainer.events import (AveragedVal, CommandApplied, Overfitting, StepMetrics,
+                                     ValMetrics)
 from lsml_tui.tui.series import EMA, Series
 
 AVERAGED_COLOR = "magenta+"     # the averaged weights' series, in this panel and the theory one
@@ -30,6 +32,7 @@ class LossPanel(PlotextPlot):
         self.best: tuple[int, float] | None = None
         self.gap: float | None = None
         self.markers: list[tuple[int, str]] = []   # (step, what changed)
+        self.overfit: Overfitting | None = None     # the alarm, once
         self.dirty = True
 
     def add(self, e) -> None:
@@ -44,6 +47,8 @@ class LossPanel(PlotextPlot):
                 self.gap = e.val_loss - self.train_ema.last     # loss at the same step
         elif isinstance(e, AveragedVal):
             self.averaged.append(e.step, e.val_loss)
+        elif isinstance(e, Overfitting):
+            self.overfit = e
         elif isinstance(e, CommandApplied) and e.command.split()[0] in SWITCHES:
             self.markers.append((e.step, e.command))
         else:
@@ -78,6 +83,8 @@ class LossPanel(PlotextPlot):
                      marker="braille", color=AVERAGED_COLOR)
         for step, _ in self.markers:
             plt.vline(step, "orange")
+        if self.overfit is not None:                    # where the alarm said it
+            plt.vline(self.overfit.step, "red")
         if self.best is not None:                       # where validation was lowest
             plt.scatter([self.best[0]], [self.best[1]], marker="x", color="green")
         plt.yscale("log" if self.log_scale else "linear")
@@ -88,6 +95,8 @@ class LossPanel(PlotextPlot):
             last.append(f"gap {self.gap:+.3g}")
         if self.averaged.count:
             last.append(f"avg {self.averaged.last:.4g}")
+        if self.overfit is not None:
+            last.append(f"overfitting@{self.overfit.step}")
         self.heading = "  ".join(last) + ("  [log]" if self.log_scale else "")
         plt.title(self.heading)
         self.dirty = False

@@ -1,4 +1,5 @@
-"""The status line: model, optimizer, norm, LR, step, steps/s, device, run id."""
+"""The status line: model, optimizer, norm, LR, weight decay and dropout (when on), step,
+steps/s, device, run id."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ class StatusLine(Static):
         self.compiled = f"compiled ({mode})  " if mode != "off" else ""
         self.state = {"model": cfg.model, "optimizer": cfg.optimizer, "norm": cfg.norm,
                       "lr": cfg.lr, "step": 0, "rate": 0.0, "device": "…", "precision": "", "run": "starting",
-                      "status": "starting trainer"}
+                      "status": "starting trainer",
+                      "weight_decay": getattr(cfg, "weight_decay", None),
+                      "dropout": getattr(cfg, "dropout", None)}
         self._window: list[tuple[int, float]] = []
         self.dirty = True
 
@@ -36,7 +39,7 @@ class StatusLine(Static):
         elif isinstance(e, RunStarted):
             s["device"], s["precision"], s["run"] = e.device, e.precision, e.run_id
         elif isinstance(e, CommandApplied):
-            for key in ("optimizer", "norm"):
+            for key in ("optimizer", "norm", "weight_decay", "dropout"):
                 if key in e.changes:
                     s[key] = e.changes[key]
             if "paused" in e.changes:
@@ -60,8 +63,12 @@ class StatusLine(Static):
 
     def redraw(self) -> None:
         s = self.state
+        regular = "".join(f"{name} {s[key]:g}  " for key, name in (("weight_decay", "wd"),
+                                                                   ("dropout", "dropout"))
+                          if s[key])                # shown when on
         self.update(Text.assemble(
             (s["model"], "bold"), f"  {s['optimizer']}  norm {s['norm']}  lr {s['lr']:.3g}  "
+            f"{regular}"
             f"step {s['step']:,}  {s['rate']:.1f} steps/s  {s['device']} {s['precision']}  {self.ranks}"
             f"{self.compiled}",
             (s["status"], "bold"), f"  {s['run']}"))

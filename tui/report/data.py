@@ -101,6 +101,7 @@ def summarize(run: RunData) -> dict:
     info, steps = run.info, run.steps
     losses, norms = _finite(steps["loss"]), _finite(steps["grad_norm"])
     started = next((e for e in run.events if e["kind"] == "RunStarted"), None)
+    overfit = next((e for e in run.events if e["kind"] == "Overfitting"), None)
     flops, timing = run.latest("FlopTable"), run.latest("TimingSample")
     memory, layers = run.latest("MemorySample"), run.latest("LayerStats")
     averaged = run.averaged_val["loss"]                 # --average: the averaged weights' losses
@@ -131,6 +132,8 @@ def summarize(run: RunData) -> dict:
             "generalization_gap": (run.val["loss"][-1] - statistics.fmean(losses[-FINAL_WINDOW:])
                                    if run.val["loss"] and losses
                                    and run.val["loss"][-1] is not None else None),
+            # the overfitting alarm (watches/generalization.py): its step and the best before it
+            "overfitting_step": overfit["step"] if overfit else None,
             # --early-stop / --restore-best: what the run says it did at its end
             "stopped_early": (info.summary or {}).get("stopped_early"),
             "restored_best": (info.summary or {}).get("restored_best"),

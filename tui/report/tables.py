@@ -43,6 +43,9 @@ def summary_rows(r: dict) -> list[list[str]]:
              + ("; stopped early" if s.get("stopped_early") else "")
              + (f"; ended with the best weights (val {_num(s['final_val_loss_restored'])})"
                 if s.get("restored_best") else "")],
+            ["overfitting (validation up, training down)",
+             "not seen" if s.get("overfitting_step") is None else
+             f"from step {s['overfitting_step']} (validation turned at step {s['best_val_step']})"],
             *averaged_rows(r),
             ["gradient norm: last / max", f"{_num(s['last_grad_norm'])} / {_num(s['max_grad_norm'])}"],
             ["clip events", f"{s['clip_events']:,}"],
