@@ -17,7 +17,7 @@ from textual.containers import Container, Vertical
 from textual.widgets import Footer
 
 from lsml_tui.trainer.config import RunConfig
-from lsml_tui.trainer.events import RunFinished, RunStarted
+from lsml_tui.trainer.events import CommandApplied, CommandRefused, RunFinished, RunStarted
 from lsml_tui.tui import lifeline
 from lsml_tui.tui.actions import Actions
 from lsml_tui.tui.bridge import TrainerBridge, prepare_processes, thin
@@ -74,6 +74,7 @@ class LsmlApp(Actions, App):
         self._thin_told = float("-inf")
         self._crash_reported = False
         self._swapping = False      # panels are being rebuilt: the timer waits
+        self.answers: dict = {}     # the trainer's answer to each command sent with a ref
 
     def compose(self) -> ComposeResult:
         yield StatusLine(self.cfg)
@@ -178,6 +179,8 @@ class LsmlApp(Actions, App):
                 self.final = e
             elif isinstance(e, RunStarted) and not (self.read_only or self.following):
                 self.run_dir = e.run_dir
+            elif isinstance(e, (CommandApplied, CommandRefused)) and e.ref:
+                self.answers[e.ref] = e     # its sender waits for it (tuning/lrfind_screen.py)
             for panel in panels:
                 panel.add(e)
         if self.bridge is not None and self.bridge.crashed and not self._crash_reported:
