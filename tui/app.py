@@ -21,10 +21,10 @@ from lsml_tui.trainer.events import CommandApplied, CommandRefused, RunFinished,
 from lsml_tui.tui import lifeline
 from lsml_tui.tui.actions import Actions
 from lsml_tui.tui.bridge import TrainerBridge, prepare_processes, thin
-from lsml_tui.tui.panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel,
-                                 LossPanel, MemoryPanel, NoiseScalePanel, SharpnessPanel,
-                                 StatusLine, SystemPanel, TheoryPanel)
+from lsml_tui.tui.panels import (EventsPanel, GradientsPanel, LossPanel, MemoryPanel, StatusLine,
+                                 SystemPanel)
 from lsml_tui.tui.panels.output import OutputPanel
+from lsml_tui.tui.panels.tabs import flops_cell
 
 REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
 TICK_BUDGET = 20_000   # events handed to the panels per redraw; step metrics beyond are thinned
@@ -48,6 +48,8 @@ class LsmlApp(Actions, App):
                 "fresh copy of the model (the run pauses); offers to set the lr"),
         Binding("m", "pick_model", "model", tooltip="Restart with another model"),
         Binding("r", "restart", "restart", show=False, tooltip="Restart the trainer"),
+        Binding("p", "next_tab", "tab", show=False, tooltip="The next tab of the optional "
+                "panels (DDP, theory, sharpness, noise scale) and FLOPs"),
         Binding("g", "toggle_log", "log y", show=False, tooltip="Loss on a log scale"),
         Binding("v", "toggle_smooth", "EMA", show=False, tooltip="Smooth the training loss"),
         Binding("question_mark", "help", "help", key_display="?"),
@@ -82,16 +84,8 @@ class LsmlApp(Actions, App):
             yield LossPanel()
             yield GradientsPanel(self.cfg.clip)
             yield MemoryPanel()
-            yield FlopsPanel()
+            yield from flops_cell(self.cfg)     # with optional panels: they and FLOPs as tabs
             with Vertical(id="side"):
-                if self.cfg.workers > 1:
-                    yield DistributedPanel(self.cfg)
-                if self.cfg.model == "linear":
-                    yield TheoryPanel()
-                if self.cfg.sharpness_every is not None:
-                    yield SharpnessPanel(self.cfg.sharpness_every, self.cfg.optimizer)
-                if self.cfg.noise_scale_every is not None:
-                    yield NoiseScalePanel(self.cfg.noise_scale_every)
                 yield SystemPanel()
                 if self.script is not None:
                     yield OutputPanel(self.script)
