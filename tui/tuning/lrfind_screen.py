@@ -126,6 +126,9 @@ async def find_and_offer(app) -> None:
     if same_run(app, run):
         reply = await answer(app, run, C.Pause(ref=f"lr-find-{next(REFS)}"))
         paused_here = isinstance(reply, CommandApplied)
+    if app.bridge is not run:           # m or r before the trainer answered: nothing to test
+        say(app, "lr range test not run: the run was restarted", "yellow")
+        return
     status = app.query_one(StatusLine).state
     try:
         cfg = config_now(app.cfg, status["optimizer"], status["norm"])
