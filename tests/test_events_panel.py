@@ -7,7 +7,9 @@ from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import ClipEvent, CommandApplied, RunStarted, StepMetrics
 from lsml_tui.tui.app import LsmlApp
 from lsml_tui.tui.bridge import ReplayBridge
+from lsml_tui.tui.follow import ScriptOutput
 from lsml_tui.tui.panels import EventsPanel
+from lsml_tui.tui.panels.output import OutputPanel
 from lsml_tui.tui.panels.events import QUIET, WINDOW, ClipSpell
 
 
@@ -80,3 +82,55 @@ def test_the_dashboard_shows_sustained_clipping_in_place(tmp_path):
                               f"100; none in the last {QUIET} steps)"]
         assert "step 599: lr 0.001 -> 0.01" in lines        # the switch is not drowned out
     asyncio.run(main())
+
+
+def test_long_event_lines_wrap_inside_the_panel_at_any_width(tmp_path):
+    """Every word of every line is on screen: a line longer than the panel wraps at the
+    panel's width (RichLog's own default wraps at 78 columns and the border cuts the rest),
+    and a terminal made wider or narrower wraps the lines again."""
+    cfg = resolve(RunConfig(model="mlp", runs_dir=str(tmp_path / "runs")))
+    events = [RunStarted(0, "20260101-000000-mlp-abcd", "runs/x", {}, 1234, "cpu", "fp32"),
+              CommandApplied(200, "optimizer adamw", "optimizer adam -> adamw (lr 0.003); "
+                             "carried step, exp_avg, exp_avg_sq from adam", {})]
+
+    def shown(panel) -> list[str]:
+        return [panel.render_line(y).text.rstrip() for y in range(panel.size.height)]
+
+    async def main():
+        app = LsmlApp(cfg, bridge_factory=lambda c: ReplayBridge(c, events))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(1.2)
+            panel = app.query_one(EventsPanel)
+            out = []
+            for width in (160, 120, 100):   # wider, then narrower again
+                await pilot.resize_terminal(width, 40)
+                await pilot.pause(0.3)
+                out.append((panel.scrollable_content_region.width, panel.virtual_size.width,
+                            shown(panel), list(panel.history)))
+            return out
+
+    for inside, widest, lines, said in asyncio.run(main()):
+        assert widest <= inside                 # nothing to scroll sideways to
+        assert len(said[1]) > inside            # the run's line is longer than the panel
+        # the words on screen, in order, are the words said: none cut at the border
+        assert " ".join(" ".join(lines).split()) == " ".join(" ".join(said).split())
+
+
+def test_a_scripts_long_output_line_wraps_inside_its_panel(tmp_path):
+    """lsml-tui run's output panel is a RichLog too: a long print wraps, none of it cut."""
+    cfg = resolve(RunConfig(model="mlp", runs_dir=str(tmp_path / "runs")))
+    said = "epoch 3: " + " ".join(f"loss[{k}]=0.{k}23" for k in range(12))
+    assert len(said) == 9 + 10 * 13 + 2 * 15 + 11     # "epoch 3: ", the 12 values, spaces
+
+    async def main():
+        app = LsmlApp(cfg, bridge_factory=lambda c: ReplayBridge(c, [ScriptOutput(said)]))
+        app.script = "train.py"
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(1.2)
+            panel = app.query_one(OutputPanel)
+            lines = [panel.render_line(y).text for y in range(panel.size.height)]
+            return panel.scrollable_content_region.width, panel.virtual_size.width, lines
+
+    inside, widest, lines = asyncio.run(main())
+    assert len(said) > inside and widest <= inside
+    assert " ".join(" ".join(lines).split()) == said

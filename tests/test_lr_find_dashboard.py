@@ -11,6 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from textual.widgets import OptionList
+
+from lsml_tui.trainer import specs
 from lsml_tui.trainer.config import RunConfig
 from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.store.reader import open_run
@@ -18,7 +21,7 @@ from lsml_tui.tui.app import LsmlApp
 from lsml_tui.tui.bridge import ReplayBridge
 from lsml_tui.tui.tuning.lrfind_screen import LrFindScreen, config_now
 from lsml_tui.tui.panels import EventsPanel, StatusLine
-from lsml_tui.tui.screens import HELP
+from lsml_tui.tui.screens import HELP, ChoiceScreen
 from tests.conftest import alive
 from tests.test_dashboard import scenario
 
@@ -160,3 +163,84 @@ def test_an_lr_find_whose_dashboard_is_killed_ends_itself(tmp_path):
     finally:
         with contextlib.suppress(psutil.Error):
             child.kill()
+
+
+def lr_find_running(app) -> bool:
+    return any(w.group == "lr-find" and w.is_running for w in app.workers)
+
+
+def answers(app, command):
+    """'applied' or 'refused' for each answer the trainer gave `command`, in order."""
+    with open_run(app.run_dir) as r:
+        rows = r.events("CommandApplied") + r.events("CommandRefused")
+    return [("applied" if e["kind"] == "CommandApplied" else "refused")
+            for e in sorted(rows, key=lambda e: e["id"]) if e["command"] == command]
+
+
+def test_space_then_f_at_once_the_test_follows_the_trainers_answers(tmp_path):
+    """The status line says 'paused' only once the trainer answered: space then f at once
+    used to read the state from before the space. The test's pause is answered, and only a
+    pause the test made itself is undone after it."""
+    seen: set = set()
+
+    async def body(app, pilot):
+        status = app.query_one(StatusLine).state
+        await until(pilot, lambda: status["step"] > 10, seen, what="steps")
+        # training: space pauses; the test's own pause is refused (already paused) ...
+        await pilot.press("space", "f")
+        await until(pilot, lambda: isinstance(app.screen, LrFindScreen), seen, what="the modal")
+        assert status["status"] == "paused"
+        await pilot.press("escape")
+        await until(pilot, lambda: not lr_find_running(app), seen, what="the test's end")
+        await pilot.pause(1.0)                  # a resume sent at the end is answered by now
+        # ... so the user's pause stays: nothing resumed it
+        assert status["status"] == "paused"
+        assert answers(app, "pause") == ["applied", "refused"]
+        assert answers(app, "resume") == []
+        # paused: space resumes, and the test pauses the run again for itself ...
+        await pilot.press("space", "f")
+        await until(pilot, lambda: isinstance(app.screen, LrFindScreen), seen, what="the modal")
+        assert status["status"] == "paused"     # the run waited while the test ran
+        assert answers(app, "pause") == ["applied", "refused", "applied"]
+        await pilot.press("escape")
+        # ... and resumes it after
+        await until(pilot, lambda: answers(app, "resume") == ["applied", "applied"], seen,
+                    what="the test's resume")
+        await until(pilot, lambda: status["status"] == "training", seen, what="training")
+
+    scenario(config(tmp_path), body)
+    assert len(seen) == 2 and not alive(seen)
+
+
+def test_a_run_restarted_during_the_test_is_not_offered_its_suggestion(tmp_path):
+    """m during the test: the suggestion was measured on the old model; it is not offered,
+    and the new run is neither resumed nor given an lr by the old test."""
+    seen: set = set()
+    offered = []
+
+    async def body(app, pilot):
+        await until(pilot, lambda: app.query_one(StatusLine).state["step"] > 5, seen,
+                    what="steps")
+        first = app.run_dir
+        await pilot.press("f")
+        await until(pilot, lambda: seen, seen, what="the lr-find child")
+        await pilot.press("m")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen), seen, what="models")
+        app.screen.query_one(OptionList).highlighted = list(specs.MODEL_CONFIGS).index("linear")
+        await pilot.press("enter")
+
+        def ended():                # or the offer is up (it was, before the answers counted)
+            offered.append(isinstance(app.screen, LrFindScreen))
+            return offered[-1] or (not lr_find_running(app) and app.run_dir != first)
+        await until(pilot, ended, seen, what="the test's end and the new run")
+        await pilot.pause(1.0)
+        assert app.cfg.model == "linear"
+        assert answers(app, "resume") == [] and not [
+            e for e in applied_all(app) if e["command"].startswith("lr ")]
+        said.extend(app.query_one(EventsPanel).history)
+
+    said: list = []
+    scenario(config(tmp_path), body)
+    assert not any(offered)
+    assert any("not offered: the run was restarted (linear)" in line for line in said)
+    assert seen and not alive(seen)

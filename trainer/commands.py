@@ -1,7 +1,7 @@
 """Commands the trainer accepts between two steps. No torch here.
 
 Each is answered by a ``CommandApplied`` or ``CommandRefused`` event naming the
-step at which it took effect.
+step at which it took effect (and the command's ``ref``, where it has one).
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ class SetClip:
 
 @dataclass(frozen=True)
 class Pause:
-    pass
+    ref: str = ""                       # echoed in the answer: who asked knows it is theirs
 
 
 @dataclass(frozen=True)
 class Resume:
-    pass
+    ref: str = ""
 
 
 @dataclass(frozen=True)

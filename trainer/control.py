@@ -24,14 +24,15 @@ class RunControls:
 
     def _apply(self, cmd: C.Command) -> bool:
         """Apply `cmd` (the run's own ``_change``), answered with an event that says what
-        changed at which step, or why it was refused; True if it was applied."""
-        name = C.describe(cmd)
+        changed at which step, or why it was refused (with the command's ref, so that its
+        sender knows its own answer); True if it was applied."""
+        name, ref = C.describe(cmd), getattr(cmd, "ref", "")
         try:
             detail, changes = self._change(cmd)
         except ConfigError as e:
-            self.emit(CommandRefused(self.step, name, str(e)))
+            self.emit(CommandRefused(self.step, name, str(e), ref))
             return False
-        self.emit(CommandApplied(self.step, name, detail, changes))
+        self.emit(CommandApplied(self.step, name, detail, changes, ref))
         return True
 
     def run_control(self, cmd: C.Command) -> tuple[str, dict] | None:

@@ -48,6 +48,7 @@ class CommandApplied:
     command: str                    # 'optimizer adamw', 'pause', ...
     detail: str                     # what changed, in words
     changes: dict = field(default_factory=dict)
+    ref: str = ""                   # the command's ref: the answer to whoever sent it
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class CommandRefused:
     step: int
     command: str
     reason: str
+    ref: str = ""
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,14 @@ class Actions:
         panel = self.query_one(LossPanel)
         panel.smooth = not panel.smooth
 
+    def action_next_tab(self) -> None:
+        """The next of the optional panels' tabs (panels/tabs.py), where the run has them."""
+        tabs = self.query("#tabs Tabs")
+        if tabs:
+            tabs.first().action_next_tab()
+        else:
+            self.notify("no tabs: this run has no DDP, theory, sharpness or noise-scale panel")
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 

@@ -17,14 +17,14 @@ from textual.containers import Container, Vertical
 from textual.widgets import Footer
 
 from lsml_tui.trainer.config import RunConfig
-from lsml_tui.trainer.events import RunFinished, RunStarted
+from lsml_tui.trainer.events import CommandApplied, CommandRefused, RunFinished, RunStarted
 from lsml_tui.tui import lifeline
 from lsml_tui.tui.actions import Actions
 from lsml_tui.tui.bridge import TrainerBridge, prepare_processes, thin
-from lsml_tui.tui.panels import (DistributedPanel, EventsPanel, FlopsPanel, GradientsPanel,
-                                 LossPanel, MemoryPanel, NoiseScalePanel, SharpnessPanel,
-                                 StatusLine, SystemPanel, TheoryPanel)
+from lsml_tui.tui.panels import (EventsPanel, GradientsPanel, LossPanel, MemoryPanel, StatusLine,
+                                 SystemPanel)
 from lsml_tui.tui.panels.output import OutputPanel
+from lsml_tui.tui.panels.tabs import flops_cell
 
 REDRAW_HZ = 2          # a few Hz: plotext builds cost CPU the trainer could use
 TICK_BUDGET = 20_000   # events handed to the panels per redraw; step metrics beyond are thinned
@@ -51,6 +51,8 @@ class LsmlApp(Actions, App):
                 "fresh copy of the model (the run pauses); offers to set the lr"),
         Binding("m", "pick_model", "model", tooltip="Restart with another model"),
         Binding("r", "restart", "restart", show=False, tooltip="Restart the trainer"),
+        Binding("p", "next_tab", "tab", show=False, tooltip="The next tab of the optional "
+                "panels (DDP, theory, sharpness, noise scale) and FLOPs"),
         Binding("g", "toggle_log", "log y", show=False, tooltip="Loss on a log scale"),
         Binding("v", "toggle_smooth", "EMA", show=False, tooltip="Smooth the training loss"),
         Binding("question_mark", "help", "help", key_display="?"),
@@ -77,6 +79,7 @@ class LsmlApp(Actions, App):
         self._thin_told = float("-inf")
         self._crash_reported = False
         self._swapping = False      # panels are being rebuilt: the timer waits
+        self.answers: dict = {}     # the trainer's answer to each command sent with a ref
 
     def compose(self) -> ComposeResult:
         yield StatusLine(self.cfg)
@@ -84,16 +87,8 @@ class LsmlApp(Actions, App):
             yield LossPanel()
             yield GradientsPanel(self.cfg.clip)
             yield MemoryPanel()
-            yield FlopsPanel()
+            yield from flops_cell(self.cfg)     # with optional panels: they and FLOPs as tabs
             with Vertical(id="side"):
-                if self.cfg.workers > 1:
-                    yield DistributedPanel(self.cfg)
-                if self.cfg.model == "linear":
-                    yield TheoryPanel()
-                if self.cfg.sharpness_every is not None:
-                    yield SharpnessPanel(self.cfg.sharpness_every, self.cfg.optimizer)
-                if self.cfg.noise_scale_every is not None:
-                    yield NoiseScalePanel(self.cfg.noise_scale_every)
                 yield SystemPanel()
                 if self.script is not None:
                     yield OutputPanel(self.script)
@@ -181,6 +176,8 @@ class LsmlApp(Actions, App):
                 self.final = e
             elif isinstance(e, RunStarted) and not (self.read_only or self.following):
                 self.run_dir = e.run_dir
+            elif isinstance(e, (CommandApplied, CommandRefused)) and e.ref:
+                self.answers[e.ref] = e     # its sender waits for it (tuning/lrfind_screen.py)
             for panel in panels:
                 panel.add(e)
         if self.bridge is not None and self.bridge.crashed and not self._crash_reported:

@@ -75,6 +75,7 @@ trainer between two steps; the loss panel marks the step where it took effect.
 | `r` | restart the trainer after a crash or the end of a run |
 | `g` | loss panel: log scale on/off |
 | `v` | loss panel: EMA smoothing on/off |
+| `p` | the next tab where a run has optional panels (DDP, theory, sharpness, noise scale; FLOPs last) |
 | `?` | this help |
 | `q` | quit (the trainer stops and the run is recorded) |
 

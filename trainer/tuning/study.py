@@ -5,21 +5,36 @@ The study lives in an Optuna journal file beside the runs
 (``runs/sweep-<study>/journal.log``): several processes share it through its file lock
 (Optuna advises against SQLite for parallel optimization), a sweep started again with
 the same flags continues it, and ``optuna.load_study`` reads it.
+
+A worker killed outright (SIGKILL, the OOM killer) cannot mark its trial failed, and the
+journal would keep it RUNNING for ever. Optuna's remedy is the heartbeat: each running
+trial's worker records the time every few seconds, and ``optuna.storages.fail_stale_trials``
+(which Optuna runs before each new trial) fails a trial whose last heartbeat is older than
+a grace period, handing it to a callback that queues its point again. Optuna implements
+it for its RDB storage only (5.1: ``JournalStorage`` is not a ``BaseHeartbeat``, so
+``fail_stale_trials`` passes it by; optuna/optuna#6615), so ``HeartbeatJournal`` adds it
+to the journal, the heartbeat kept in the trial's system attrs.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass
 
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 
 from lsml_tui.trainer.tuning.space import Param, show
 
 SAMPLERS = ("tpe", "random", "grid")
 METRICS = ("val_loss", "min_val_loss")  # minimized: the last validation loss, or the lowest
+HEARTBEAT = 10      # seconds between a running trial's heartbeats (--heartbeat)
+GRACE = 3           # heartbeats missed before a trial counts as dead: 3 x 10 = 30 s
+BEAT = "lsml_tui:heartbeat"     # the system attr that holds the last one (time.time())
 
 
 @dataclass(frozen=True)
@@ -35,12 +50,67 @@ class Sweep:
     prune_startup: int = 5      # completed trials before the median pruner acts
     prune_warmup: int = 0       # steps of each trial before it can be pruned
     seed: int = 0
+    heartbeat: int = HEARTBEAT  # seconds between a running trial's heartbeats
 
 
-def storage(path: str | os.PathLike):
-    from optuna.storages import JournalStorage
+class HeartbeatJournal(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with Optuna's heartbeat: a trial RUNNING with no heartbeat
+    for GRACE heartbeats is failed by ``fail_stale_trials`` and its point queued again
+    (``RetryHeartbeatStaleTrialCallback``, once)."""
+
+    def __init__(self, backend, interval: int = HEARTBEAT):
+        super().__init__(backend)
+        self.interval, self.retry = interval, retry_stale()
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, BEAT, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass        # failed as stale by another process meanwhile: nothing to keep alive
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        oldest = time.time() - GRACE * self.interval
+        return [t._trial_id for t in self.get_all_trials(
+                    study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                if t.system_attrs.get(BEAT, math.inf) < oldest]
+
+    def get_heartbeat_interval(self) -> int:
+        return self.interval
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self.retry
+
+    get_failed_trial_callback = get_heartbeat_stale_trial_callback  # its name before 4.9
+
+
+def retry_stale():
+    """Optuna's callback that queues a stale trial's point again as a WAITING trial; once:
+    a point that kills its worker twice is left failed."""
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    with warnings.catch_warnings():     # experimental (Optuna 5), or renamed since 4.9
+        warnings.simplefilter("ignore")
+        return (retry or optuna.storages.RetryFailedTrialCallback)(max_retry=1)
+
+
+def storage(path: str | os.PathLike, heartbeat: int = HEARTBEAT):
     from optuna.storages.journal import JournalFileBackend
-    return JournalStorage(JournalFileBackend(str(path)))
+    return HeartbeatJournal(JournalFileBackend(str(path)), heartbeat)
+
+
+def fail_stale(study, heartbeat: int = HEARTBEAT) -> list[str]:
+    """Fail the trials whose worker stopped beating (Optuna's ``fail_stale_trials``, which
+    queues each one's point again); one line for each."""
+    running = {t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+    with warnings.catch_warnings():         # experimental
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    again = {t.system_attrs["retry_history"][-1]: t.number for t in trials
+             if t.system_attrs.get("retry_history")}
+    grace = GRACE * heartbeat
+    return [f"trial {t.number}: no heartbeat for {grace} s (its process was killed?): failed"
+            + (f"; its point runs again as trial {again[t.number]}" if t.number in again else "")
+            for t in trials if t.number in running and t.state.name == "FAIL"]
 
 
 def sampler(sweep: Sweep, seed: int):
@@ -62,7 +132,8 @@ def pruner(sweep: Sweep):
 
 
 def load(sweep: Sweep, seed: int = 0):
-    return optuna.load_study(study_name=sweep.study, storage=storage(sweep.storage),
+    return optuna.load_study(study_name=sweep.study,
+                             storage=storage(sweep.storage, sweep.heartbeat),
                              sampler=sampler(sweep, seed), pruner=pruner(sweep))
 
 
@@ -85,6 +156,9 @@ def describe(trial, metric: str) -> str:
     elif state == "pruned":
         state += f" after step {attrs.get('steps', '?')}"
     elif state == "fail":
-        state = f"failed: {attrs.get('error', 'see its run')}"
+        silent = BEAT in trial.system_attrs and "status" not in attrs   # killed while training
+        state = f"failed: {attrs.get('error', 'its process stopped' if silent else 'see its run')}"
+    retry = trial.system_attrs.get("retry_history")
+    again = f" (trial {retry[-1]} again)" if retry else ""
     run = f"; run {attrs['run_dir']}" if "run_dir" in attrs else ""
-    return f"trial {trial.number} {state}: {point}{run}"
+    return f"trial {trial.number}{again} {state}: {point}{run}"

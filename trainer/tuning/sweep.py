@@ -17,7 +17,8 @@ import optuna
 
 from lsml_tui.trainer.config import ConfigError, RunConfig
 from lsml_tui.trainer.tuning.space import trial_config
-from lsml_tui.trainer.tuning.study import Sweep, describe, load, process_seed, storage
+from lsml_tui.trainer.tuning.study import (GRACE, Sweep, describe, load, process_seed,
+                                          storage)
 from lsml_tui.trainer.worker import on_parent_exit
 
 # -- running trials ---------------------------------------------------------
@@ -77,7 +78,9 @@ def run(sweep: Sweep, trials: int, jobs: int = 1, threads: int | None = None) ->
         raise KeyboardInterrupt
     if failed:
         raise WorkerFailed(f"sweep worker {failed[0].name} ended with status "
-                           f"{failed[0].exitcode}; its trial may stay RUNNING in the study")
+                           f"{failed[0].exitcode}; its trial is failed and run again once it "
+                           f"has had no heartbeat for {GRACE * sweep.heartbeat} s, when "
+                           f"another trial starts (continue the sweep with the same flags)")
 
 
 class WorkerFailed(RuntimeError):

@@ -73,18 +73,38 @@ class ClipSpell:
 
 
 class EventsPanel(RichLog):
+    """The log. RichLog wraps a line at ``min_width`` (78 by default) whatever the panel's
+    width, and the rest of the line is cut off at the border: min_width 1 wraps at the panel's
+    own width, and a change of width wraps every line again."""
+
     DEFAULT_CLASSES = "panel"   # the app hands every panel each event
 
     def __init__(self, **kw):
-        super().__init__(wrap=True, markup=True, max_lines=1000, **kw)
+        super().__init__(wrap=True, markup=True, max_lines=1000, min_width=1, **kw)
         self.border_title = "Events"
         self.clipping = ClipSpell()
         self.history: deque[str] = deque(maxlen=1000)   # plain text of the lines shown
+        self.styles_of: deque[str] = deque(maxlen=1000)  # and the style of each
+        self.wrapped_at: int | None = None              # the width the lines were wrapped to
         self.dirty = False
 
     def say(self, text: str, style: str = "") -> None:
         self.history.append(text)
+        self.styles_of.append(style)
+        self._write(text, style)
+
+    def _write(self, text: str, style: str) -> None:
         self.write(f"[{style}]{escape(text)}[/]" if style else escape(text))
+
+    def on_resize(self, event) -> None:
+        """Wrap again at the new width (RichLog's own handler writes what came before the
+        first size)."""
+        width = self.scrollable_content_region.width
+        if self.wrapped_at is not None and width and width != self.wrapped_at:
+            self.clear()
+            for text, style in zip(self.history, self.styles_of):
+                self._write(text, style)
+        self.wrapped_at = width or self.wrapped_at
 
     def add(self, e) -> None:
         if isinstance(e, ClipEvent):

@@ -12,7 +12,8 @@ class OutputPanel(RichLog):
     DEFAULT_CLASSES = "panel"   # the app hands every panel each event
 
     def __init__(self, name: str, **kw):
-        super().__init__(max_lines=MAX_LINES, wrap=True, markup=False, **kw)
+        # min_width 1: wrap at the panel's width (RichLog's default, 78, cuts a line there)
+        super().__init__(max_lines=MAX_LINES, wrap=True, markup=False, min_width=1, **kw)
         self.border_title = f"Output of {name}"
         self.pending: list[str] = []
         self.dirty = False

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from lsml_tui.trainer.config import FIELDS, ConfigError, RunConfig, flag, suggest
 from lsml_tui.trainer.tuning import space as SP
-from lsml_tui.trainer.tuning.study import METRICS, SAMPLERS, Sweep, storage
+from lsml_tui.trainer.tuning.study import (GRACE, HEARTBEAT, METRICS, SAMPLERS, Sweep,
+                                          fail_stale, storage)
 from lsml_tui.trainer.tuning.sweep import WorkerFailed
 from lsml_tui.trainer.tuning.sweep import run as run_trials
 from lsml_tui.trainer.validate import check_runs_dir, resolve
@@ -60,6 +61,9 @@ def parser(prog: str, make) -> argparse.ArgumentParser:
     p.add_argument("--format", metavar="FORMATS", help="the report's formats, comma-separated: "
                    f"{', '.join(FORMATS)} (default all), or none")
     p.add_argument("--json", action="store_true", help="print the study's trials as JSON")
+    p.add_argument("--heartbeat", metavar="SECONDS", help=f"a running trial records that it "
+                   f"is alive this often (default {HEARTBEAT}); one silent for {GRACE} times "
+                   f"as long (its worker was killed) is failed and its point run again")
     return add_run_flags(p)
 
 
@@ -135,13 +139,13 @@ def default_name(base: dict, params: list[SP.Param], ident: dict) -> str:
     return "-".join([model, *searched[:4], digest]).replace("_", "-")
 
 
-def existing(path: Path, name: str, ident: dict):
+def existing(path: Path, name: str, ident: dict, heartbeat: int = HEARTBEAT):
     """The study already in `path`, checked to be this one; None when there is none."""
     if not path.is_file():
         return None
     import optuna
     try:
-        study = optuna.load_study(study_name=name, storage=storage(path))
+        study = optuna.load_study(study_name=name, storage=storage(path, heartbeat))
     except KeyError:
         return None
     for key, value in ident.items():
@@ -184,9 +188,10 @@ def main(argv: list[str], prog: str, make) -> int:
                     metric=metric, prune=getattr(args, "pruner", "median") == "median",
                     prune_startup=_count("prune-startup", getattr(args, "prune_startup", "5"), 0),
                     prune_warmup=_count("prune-warmup", getattr(args, "prune_warmup", "0"), 0),
-                    seed=first.seed)
+                    seed=first.seed,
+                    heartbeat=_count("heartbeat", getattr(args, "heartbeat", str(HEARTBEAT)), 1))
     top = _count("top", getattr(args, "top", "5"), 1)
-    study = existing(Path(sweep.storage), name, ident)
+    study = existing(Path(sweep.storage), name, ident, sweep.heartbeat)
     requeue, left = grid_left(study, params) if kind == "grid" else ([], None)
     trials = _count("trials", args.trials, 0) if "trials" in args else (
         10 if left is None else left)
@@ -207,6 +212,8 @@ def main(argv: list[str], prog: str, make) -> int:
     # -- nothing was written before this line --
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)     # each trial says its own line
+    for line in fail_stale(study, sweep.heartbeat) if study is not None else []:
+        print(line, file=sys.stderr)        # a trial whose worker was killed outright
     study = study or create(sweep, ident)
     for point in requeue:                # grid points whose trial a signal cut short
         study.enqueue_trial(point)
@@ -226,7 +233,8 @@ def main(argv: list[str], prog: str, make) -> int:
 def create(sweep: Sweep, ident: dict):
     import optuna
     Path(sweep.storage).parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name=sweep.study, storage=storage(sweep.storage),
+    study = optuna.create_study(study_name=sweep.study,
+                                storage=storage(sweep.storage, sweep.heartbeat),
                                 direction="minimize", load_if_exists=True)
     for key, value in {**ident, "created_by": "lsml-tui sweep"}.items():
         study.set_user_attr(key, value)
@@ -238,7 +246,8 @@ def grid_left(study, params: list[SP.Param]) -> tuple[list[dict], int]:
     names = [p.name for p in params]
     trials = study.trials if study is not None else []
     key = lambda t: tuple(t.params.get(n) for n in names)  # noqa: E731
-    done = {key(t) for t in trials if t.state.is_finished()
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    done = {key(t) for t in trials if t.state.is_finished() and t.number not in retried
             and t.user_attrs.get("status") != "interrupted"}
     waiting = {key(t) for t in trials if t.state.name == "WAITING"}
     cut = {key(t) for t in trials if t.user_attrs.get("status") == "interrupted"}
