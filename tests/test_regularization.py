@@ -198,3 +198,22 @@ def test_random_features_train_beside_the_mlp_on_its_task(tmp_path):
     assert out["params"] == 32 * 64 + 64 + 64 * 10 + 10
     assert out["grad_bytes"] == (64 * 10 + 10) * 4
     assert torch.equal(trainer.model.features.weight, start["w"])     # never trained
+
+
+def test_a_comparison_report_puts_random_features_beside_the_learned_mlp(tmp_path):
+    from lsml_tui.tui.report import write_reports
+    _, _, learned = run_with(quick(tmp_path, layers=1, width=64, steps=60))
+    _, _, random = run_with(quick(tmp_path, model="rff", layers=None, width=64, steps=60))
+    md, = write_reports([learned.run_dir, random.run_dir], ["md"], tmp_path)
+    table = next(b for b in md.read_text().split("\n\n") if b.startswith("|"))  # the first
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
+    rows = {c[0]: c[1:] for c in cells}
+    assert rows["model"] == ["mlp", "rff"]
+    # the same forward FLOPs at batch 128 (2 * 128 * (32 * 64 + 64 * 10) = 688 k); backward:
+    # the learned first layer's weight gradient (2 * 128 * 32 * 64 = 524 k) plus the head's
+    # two (4 * 128 * 64 * 10 = 328 k), against the random features' head weight only (164 k)
+    assert rows["FLOPs fwd / bwd per step"] == ["688 k / 852 k", "688 k / 164 k"]
+    # gradient bytes: (32 * 64 + 64 + 64 * 10 + 10) * 4 = 11048 = 10.8 KiB, and the
+    # readout's (64 * 10 + 10) * 4 = 2600 = 2.54 KiB
+    assert rows["gradients"] == ["10.8 KiB", "2.54 KiB"]
+    assert rows["overfitting from step"] == ["not seen", "not seen"]     # 60 steps

@@ -174,6 +174,10 @@ def comparison_rows(reports: list[dict]) -> list[list[str]]:
         row("steps", lambda r: f"{s(r)['steps']:,}"),
         row("final train loss", lambda r: _num(s(r)["final_train_loss"])),
         row("final val loss", lambda r: _num(s(r)["final_val_loss"])),
+        row("best val loss (step)", lambda r: f"{_num(s(r)['min_val_loss'])} "
+                                              f"({s(r)['best_val_step']})"),
+        row("overfitting from step", lambda r: "not seen" if s(r)["overfitting_step"] is None
+            else str(s(r)["overfitting_step"])),
         row("final val loss, averaged", lambda r: _num(s(r)["final_val_loss_averaged"])
             + (f" ({r['config']['average']})" if r["config"].get("average") else "")),
         row("clip events", lambda r: f"{s(r)['clip_events']:,}"),
@@ -193,6 +197,7 @@ def comparison_rows(reports: list[dict]) -> list[list[str]]:
                                                   f"{si(r['flops']['backward_per_step'])}"),
         row("achieved FLOP/s", lambda r: si(r["flops"]["achieved_flops_per_second"], "FLOP/s")),
         row("parameters", lambda r: nbytes(r["memory"]["param_bytes"])),
+        row("gradients", lambda r: nbytes(r["memory"]["grad_bytes"])),
         row("optimizer state", lambda r: nbytes(r["memory"]["optimizer_state_bytes"])),
         row("peak saved activations", lambda r: nbytes(r["memory"]["peak_saved_activation_bytes"])),
     ]
