@@ -21,9 +21,11 @@ gradients NaN too (backward of NaN is NaN), so one flag covers both.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from lsml_tui.profilers import gradients
@@ -58,6 +60,19 @@ class Guard:
             torch.maximum(self.found_inf, (~torch.isfinite(norm)).float(), out=self.found_inf)
             torch._foreach_mul_(grads, coef)
 
+    def clip_read(self, grads: list[torch.Tensor], norm: float, clip: float | None) -> None:
+        """``clip_and_check`` for float32 gradients whose norm is already read back (the CPU,
+        where reading is free): a finite norm means finite gradients, and an unclipped step
+        multiplies nothing, so most steps launch no kernel here. The factor is float32
+        arithmetic, as the tensor's, so both paths give the same bits."""
+        if not math.isfinite(norm):
+            self.found_inf.fill_(1.0)
+        elif clip is not None:
+            # torch's clip / t is t.reciprocal() * clip: two float32 roundings, kept here
+            coef = (np.float32(1) / (np.float32(norm) + np.float32(1e-6))) * np.float32(clip)
+            if coef < 1.0:
+                torch._foreach_mul_(grads, float(coef))
+
     def step(self, optimizer) -> None:
         """The optimizer's update, unless ``found_inf`` is set."""
         for opt in parts(optimizer):
@@ -78,7 +93,7 @@ class Pending(NamedTuple):
     step: int
     lr: float
     seconds: float              # host time of the step
-    host: torch.Tensor          # [loss, norm, ...] once the copy has landed
+    host: torch.Tensor | list   # [loss, norm, ...] once the copy has landed (floats if read)
     event: object               # a CUDA event after the copy, or None
     per_param: torch.Tensor     # per-parameter gradient norms on the device, to name a culprit
 
@@ -99,10 +114,10 @@ class ReadBack:
                          for _ in range(slots)]
         self._next = 0
 
-    def push(self, step: int, lr: float, seconds: float, values: torch.Tensor,
+    def push(self, step: int, lr: float, seconds: float, values: torch.Tensor | list,
              per_param: torch.Tensor) -> None:
         """Queue a copy of `values` ([loss, norm, ...] on the device, float64, at most 4)
-        without waiting for it."""
+        without waiting for it; floats already read are queued as they are."""
         event = None
         if self._buffers:
             host = self._buffers[self._next][:len(values)]

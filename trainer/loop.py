@@ -233,12 +233,16 @@ class Trainer(Recording, Controls, FaultPolicy):
             extra.append(self.theory.distance(self.average.model))
         if self.readback.late:
             values = torch.stack([v.double() for v in (loss.detach(), norm, *extra)])
+            self.guard.clip_and_check(grads, norm, self.clip)   # no branch; flags NaN/Inf grads
         else:   # read now (free on CPU); with N ranks the loss is their mean, every rank alike
             loss_v, norm_v = self.dp.read_back(loss, norm)
-            values = torch.tensor([loss_v, norm_v, *(float(e) for e in extra)])
+            values = [loss_v, norm_v, *(float(e) for e in extra)]
             if not math.isfinite(loss_v):                   # finite gradients or not: skip
                 self.guard.found_inf.fill_(1.0)
-        self.guard.clip_and_check(grads, norm, self.clip)   # no branch; flags NaN/Inf grads
+            if norm.dtype == torch.float32:                 # known: no tensor math needed
+                self.guard.clip_read(grads, norm_v, self.clip)
+            else:                                           # float64 (least squares): exact
+                self.guard.clip_and_check(grads, norm, self.clip)
         probe.before_update(self.params)
         self.guard.step(self.optimizer)                     # skipped on the device if flagged
         self.precision.update()

@@ -100,7 +100,7 @@ class Recording(Recorder):
 
         ``settle(0)`` waits for and records every step still in flight."""
         for entry in self.readback.ready(keep):
-            loss, norm, *extra = entry.host.tolist()
+            loss, norm, *extra = entry.host if isinstance(entry.host, list) else entry.host.tolist()
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 return self._refused(entry, loss, norm)
             clipped = self.clip is not None and norm > self.clip
