@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-MODES = ("ddp", "zero1")
+MODES = ("ddp", "zero1", "fsdp")
 
 
 def run(mode: str, args, runs_dir: str) -> dict:

@@ -9,8 +9,9 @@ import random
 # One row per rank, in this order, as the ranks gather them on a sampled step.
 FIELDS = ("forward_s", "backward_s", "compute_s", "exposed_s", "step_s", "comm_busy_s",
           "payload_bytes", "local_sq_norm", "delay_s", "param_sum", "pid",
-          "param_bytes", "grad_bytes", "optimizer_state_bytes")     # what the rank holds
-MEMORY = ("param_bytes", "grad_bytes", "optimizer_state_bytes")
+          "param_bytes", "grad_bytes", "optimizer_state_bytes",     # what the rank holds
+          "activation_bytes", "pipeline_s")     # pp: the schedule's span (0: not a pipeline)
+MEMORY = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "activation_bytes")
 
 
 def sharded_bytes(ranks: list[dict], key: str, sharded: bool) -> float | None:
@@ -41,7 +42,19 @@ def ranks_breakdown(rows: list[dict]) -> list[dict]:
                     "comm_busy_s": r["comm_busy_s"], "delay_s": r["delay_s"],
                     "payload_bytes": int(r["payload_bytes"]), "param_sum": r["param_sum"],
                     "pid": int(r["pid"]), **{k: int(r[k]) for k in MEMORY if k in r}})
+    spans = [r.get("pipeline_s", 0.0) for r in rows]
+    if all(spans):                                  # a pipeline: each rank's bubble
+        for r, bubble in zip(out, bubbles([r["compute_s"] for r in rows], spans)):
+            r["bubble_fraction"] = bubble
     return out
+
+
+def bubbles(busy: list[float], spans: list[float]) -> list[float]:
+    """Each pipeline stage's idle share of the step: 1 - its own compute / the pipeline's
+    span (the longest rank's, from the common start of the step to its last backward).
+    With p equal stages and m microbatches it is (p-1)/(m+p-1) on every rank."""
+    step = max(spans)
+    return [max(0.0, 1.0 - b / step) for b in busy]
 
 
 def _on_the_wire(sync: str, payload: float) -> float | None:

@@ -1,17 +1,23 @@
 """Model parallelism on real torch.distributed ranks (gloo, 2 ranks): --parallel zero1 trains
-as DDP does, with each rank holding its shard of the optimizer state."""
+as DDP does, with each rank holding its shard of the optimizer state; fsdp trains as one
+process at the global batch with parameters, gradients and optimizer state split."""
 
 import os
 
 import pytest
+import torch
 
 from lsml_tui.trainer import commands as C
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.specs import PARALLEL, SPLITS
+from lsml_tui.trainer.parallel.world import data_seed
+from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.events import CommandApplied, CommandRefused, RunFinished, StepMetrics
 from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.bridge import TrainerBridge
 from tests.conftest import run_cli, run_json
 from tests.test_distributed import SMALL, dist_samples, none_alive, waiter
-from tests.test_trainer import quick
+from tests.test_trainer import quick, run_with
 
 
 def losses(run_dir):
@@ -50,31 +56,233 @@ def test_zero1_needs_ranks_and_an_optimizer_it_can_shard():
                    "--optimizer", "muon")
     assert muon.returncode == 2 and "--optimizer muon" in muon.stderr and "adamw" in muon.stderr
     bad = run_cli("--headless", *SMALL, "--parallel", "zero3", "--workers", "2")
-    assert bad.returncode == 2 and "'zero3' is not one of: ddp, zero1" in bad.stderr
+    assert bad.returncode == 2 and f"'zero3' is not one of: {', '.join(PARALLEL)}" in bad.stderr
 
 
-def test_zero1_takes_the_lr_on_every_rank_and_refuses_an_optimizer_switch(tmp_path):
-    cfg = quick(tmp_path, workers=2, steps=10**6, sample_every=10, device="cpu",
-                parallel="zero1")
+@pytest.mark.parametrize("mode", ["zero1", "fsdp", "tp", "pp"])
+def test_commands_reach_every_rank_and_switches_are_refused_with_the_reason(tmp_path, mode):
+    cfg = quick(tmp_path, workers=2, steps=10**6, sample_every=10, snapshot_every=10,
+                device="cpu", parallel=mode, layers=2 if mode == "pp" else 1)   # 2 stages
     bridge = TrainerBridge(cfg).start()
     family, events = [], []
     wait = waiter(bridge, family, events)
+
+    def answered(cmd):
+        name = C.describe(cmd)
+        return [e for e in events if isinstance(e, (CommandApplied, CommandRefused))
+                and e.command == name]
     try:
         wait(lambda: any(isinstance(e, StepMetrics) and e.step > 20 for e in events), "steps")
-        bridge.send(C.SetOptimizer("momentum"))
-        wait(lambda: any(isinstance(e, CommandRefused) for e in events), "the refusal")
-        bridge.send(C.SetLR(0.01))
-        wait(lambda: any(isinstance(e, CommandApplied) for e in events), "the lr")
-        applied = next(e for e in events if isinstance(e, CommandApplied))
-        wait(lambda: any(isinstance(e, StepMetrics) and e.step > applied.step + 20
-                         for e in events), "steps after the lr")
+        plan = [C.SetOptimizer("momentum"), C.SetNorm("layer"), C.SetLR(0.01), C.SetClip(0.5),
+                C.Pause(), C.SingleStep(), C.Resume(), C.Rewind()]
+        for cmd in plan:
+            bridge.send(cmd)
+            wait(lambda: answered(cmd), C.describe(cmd))
+        rewound = answered(C.Rewind())[0]
+        wait(lambda: any(isinstance(e, StepMetrics) and e.step > rewound.step + 10
+                         for e in events), "steps after the rewind")
         events.extend(bridge.stop(timeout=60))
     finally:
         bridge.stop(timeout=5)
         assert none_alive([p for p in family if p.pid != os.getpid()]), "a rank was left"
-    refused = next(e for e in events if isinstance(e, CommandRefused))
-    assert "shards the optimizer state" in refused.reason
-    after = [e.lr for e in events if isinstance(e, StepMetrics) and e.step >= applied.step]
+    refused = [e for e in events if isinstance(e, CommandRefused)]
+    assert [e.command for e in refused] == [C.describe(plan[0]), C.describe(plan[1])]
+    assert all(f"--parallel {mode} {SPLITS[mode]} across ranks" in e.reason for e in refused)
+    applied = [e for e in events if isinstance(e, CommandApplied)]
+    assert [e.command for e in applied] == [C.describe(c) for c in plan[2:]] + ["stop"]
+    after = [e.lr for e in events if isinstance(e, StepMetrics) and e.step >= applied[0].step]
     assert after and set(after) == {0.01}
     finished, = [e for e in events if isinstance(e, RunFinished)]
-    assert finished.summary["replicas_identical"] is True      # every rank took the lr
+    assert finished.status == "interrupted"
+    with open_run(finished.summary["run_dir"]) as r:
+        steps = r.steps()
+    assert steps["step"] == list(range(len(steps["step"])))     # nothing lost, nothing twice
+
+
+# an MLP whose hidden width is odd, so FSDP's dim-0 shards are uneven (padding shows)
+ODD = ("--model", "mlp", "--layers", "2", "--width", "15", "--device", "cpu")
+# its tensors' shapes (out, in): 32 inputs, 15 hidden twice, 10 classes
+SHAPES = [(15, 32), (15,), (15, 15), (15,), (10, 15), (10,)]
+
+
+def one_process_losses(tmp_path, steps: int, batch: int, ranks: int = 2, **overrides):
+    """One process at `ranks` x `batch` examples a step: rank 0's batch, then rank 1's, as
+    the ranks of a data-parallel run draw them."""
+    def same_examples(trainer):
+        gens = [torch.Generator().manual_seed(data_seed(0, r)) for r in range(ranks)]
+        draw = trainer.task.batch
+
+        def batch_of(split, size, gen):
+            if split != "train":
+                return draw(split, size, gen)
+            parts = [draw(split, size // ranks, g) for g in gens]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        trainer.task.batch = batch_of
+    cfg = resolve(RunConfig(model="mlp", layers=2, width=15, device="cpu", steps=steps,
+                            val_every=10**6, profile=False, batch_size=ranks * batch,
+                            runs_dir=str(tmp_path / "one"), **overrides))
+    _, rec, _ = run_with(cfg, store=False, prepare=same_examples)
+    return [e.loss for e in rec.of(StepMetrics)]
+
+
+def rows(shape, rank: int, n: int = 2) -> int:
+    """Elements rank `rank` holds of a tensor FSDP shards on dim 0 (torch.chunk's split:
+    ceil(d0 / n) rows to each rank in turn, the last ones fewer)."""
+    per = -(-shape[0] // n)
+    mine = max(0, min(per, shape[0] - rank * per))
+    return mine * (shape[1] if len(shape) > 1 else 1)
+
+
+@pytest.mark.parametrize("reshard", ["--reshard-after-forward", "--no-reshard-after-forward"])
+def test_fsdp_trains_as_one_process_at_the_global_batch_with_every_kind_sharded(tmp_path,
+                                                                                 reshard):
+    out = run_json(*ODD, "--workers", "2", "--parallel", "fsdp", reshard, "--steps", "20",
+                   "--batch-size", "16", "--clip", "0.1", "--sample-every", "10",
+                   "--runs-dir", str(tmp_path / "fsdp"))
+    assert out["status"] == "finished" and out["parallel"] == "fsdp"
+    assert out["clip_events"] > 0               # the global norm, over both shards, clips
+    single = one_process_losses(tmp_path, 20, 16, clip=0.1)
+    assert losses(out["run_dir"]) == pytest.approx(single, rel=1e-5)
+    total = sum(rows(s, 0, 1) for s in SHAPES)
+    # 32*15+15 + 15*15+15 + 15*10+10 = 895 parameters
+    assert total == 895 and out["params"] == total
+    held = [sum(rows(s, r) for s in SHAPES) for r in (0, 1)]
+    # rank 0: 8*32+8 + 8*15+8 + 5*15+5 = 472; rank 1: 7*32+7 + 7*15+7 + 5*15+5 = 423:
+    # total / 2 = 447.5 within the padding, one row of each odd tensor (32+1+15+1 = 49)
+    assert held == [472, 423] and all(abs(h - total / 2) <= 49 / 2 for h in held)
+    ranks = out["ranks"]
+    assert [r["param_bytes"] for r in ranks] == [4 * h for h in held]          # fp32
+    assert [r["grad_bytes"] for r in ranks] == [4 * h for h in held]
+    # Adam: exp_avg and exp_avg_sq of each shard (2 x 4 bytes) and a 4-byte step per tensor
+    assert [r["optimizer_state_bytes"] for r in ranks] == [8 * h + 4 * 6 for h in held]
+    assert out["replicas_identical"] is None        # no rank holds a replica to compare
+
+
+def test_fsdp_refuses_what_it_cannot_shard():
+    ddp = run_cli("--headless", *SMALL, "--workers", "2", "--no-reshard-after-forward")
+    assert ddp.returncode == 2 and "applies to --parallel fsdp" in ddp.stderr
+    muon = run_cli("--headless", *SMALL, "--parallel", "fsdp", "--workers", "2",
+                   "--optimizer", "muon")
+    assert muon.returncode == 2 and "--optimizer muon" in muon.stderr
+
+
+# (flags, Linear layers tp splits: (rows, cols, bias split) as nn.Linear stores them)
+D = 16                  # d_model / width of the tp runs
+TP = {
+    # per block: qkv (3D, D) and fc (4D, D) column-parallel, weight and bias split; attn.proj
+    # (D, D) and mlp.proj (D, 4D) row-parallel, weight split, bias whole
+    "transformer": (("--model", "transformer", "--layers", "2", "--width", str(D), "--heads",
+                     "2", "--seq-len", "16", "--batch-size", "8"),
+                    2 * [(3 * D, D, True), (D, D, False), (4 * D, D, True), (D, 4 * D, False)]),
+    # column, row, column, then the head row-parallel (3 hidden layers: an odd one out)
+    "mlp": (("--model", "mlp", "--layers", "3", "--width", str(D)),
+            [(D, 32, True), (D, D, False), (D, D, True), (10, D, False)]),
+}
+
+
+@pytest.mark.parametrize("family", list(TP))
+def test_tp_trains_as_one_process_with_its_split_layers_half_size(tmp_path, family):
+    flags, split = TP[family]
+    out = run_json(*flags, "--device", "cpu", "--workers", "2", "--parallel", "tp",
+                   "--steps", "15", "--sample-every", "5", "--runs-dir", str(tmp_path / "tp"))
+    assert out["status"] == "finished" and out["parallel"] == "tp"
+    # every rank the same batch: --batch-size 8, the MLP's default 128
+    assert out["global_batch"] == {"transformer": 8, "mlp": 128}[family]
+    # every rank sees the batch one process would: the same losses, step by step
+    values = {k.lstrip("-").replace("-", "_"): v for k, v in zip(flags[::2], flags[1::2])}
+    cfg = resolve(RunConfig(**{k: v if k == "model" else int(v) for k, v in values.items()},
+                            device="cpu", steps=15, sample_every=5,
+                            runs_dir=str(tmp_path / "one")))
+    _, rec, _ = run_with(cfg, store=False)
+    assert losses(out["run_dir"]) == pytest.approx([e.loss for e in rec.of(StepMetrics)],
+                                                   rel=1e-5)
+    # each rank holds half of every split tensor and the rest whole
+    halved = sum(rows * cols + (rows if bias else 0) for rows, cols, bias in split) // 2
+    # transformer: 2 x ((3*16*16 + 48) + 16*16 + (4*16*16 + 64) + 16*64) / 2 = 3184;
+    # mlp: ((16*32 + 16) + 16*16 + (16*16 + 16) + 10*16) / 2 = 608
+    assert halved == {"transformer": 3184, "mlp": 608}[family]
+    total = out["params"]
+    assert [r["param_bytes"] for r in out["ranks"]] == [4 * (total - halved)] * 2
+    assert [r["grad_bytes"] for r in out["ranks"]] == [4 * (total - halved)] * 2
+    assert out["replicas_identical"] is True        # the whole layers agree on both ranks
+
+
+def test_tp_is_refused_where_it_cannot_split():
+    cases = {("--model", "cnn"): "applies to --model transformer or mlp",
+             ("--model", "transformer", "--heads", "3", "--width", "12"):
+                 "--heads 3 must be divisible by --workers 2",
+             ("--model", "mlp", "--width", "15"): "--width 15 must be divisible by --workers 2",
+             ("--model", "mlp", "--norm", "layer"): "needs --norm none"}
+    for flags, why in cases.items():
+        proc = run_cli("--headless", *flags, "--device", "cpu", "--workers", "2",
+                       "--parallel", "tp")
+        assert proc.returncode == 2 and why in proc.stderr, (flags, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def one_process(tmp_path, flags, steps: int) -> list[float]:
+    """The losses of one process with the run flags `flags` (model sizes, batch size)."""
+    values = {k.lstrip("-").replace("-", "_"): v for k, v in zip(flags[::2], flags[1::2])}
+    cfg = resolve(RunConfig(**{k: v if k == "model" else int(v) for k, v in values.items()},
+                            device="cpu", steps=steps, runs_dir=str(tmp_path / "one")))
+    _, rec, _ = run_with(cfg, store=False)
+    return [e.loss for e in rec.of(StepMetrics)]
+
+
+PP = {  # (flags, schedule, microbatches, what each stage holds)
+    # 2 blocks on 2 stages: stage 0 the embeddings and block 0, stage 1 block 1, norm, head
+    "transformer": (TP["transformer"][0], "gpipe", "4"),
+    # stage 0: blocks.0.fc (16 x 32 + 16 = 528); stage 1: blocks.1.fc (16 x 16 + 16) and the
+    # head (10 x 16 + 10): 272 + 170 = 442
+    "mlp": (("--model", "mlp", "--layers", "2", "--width", "16", "--batch-size", "32"),
+            "1f1b", "2"),
+}
+
+
+@pytest.mark.parametrize("family", list(PP))
+def test_pp_trains_as_one_process_each_stage_holding_its_blocks(tmp_path, family):
+    flags, schedule, m = PP[family]
+    out = run_json(*flags, "--device", "cpu", "--workers", "2", "--parallel", "pp",
+                   "--pipeline-schedule", schedule, "--microbatches", m, "--steps", "15",
+                   "--sample-every", "5", "--runs-dir", str(tmp_path / "pp"))
+    assert out["status"] == "finished" and out["parallel"] == "pp"
+    # the mean of the microbatches' mean losses, their gradients averaged: one batch's step
+    assert losses(out["run_dir"]) == pytest.approx(one_process(tmp_path, flags, 15), rel=1e-5)
+    held = [r["param_bytes"] // 4 for r in out["ranks"]]
+    assert sum(held) == out["params"]                   # every parameter on exactly one stage
+    if family == "mlp":
+        assert held == [528, 442]
+    assert out["replicas_identical"] is None and out["bubble_predicted"] == 1 / (int(m) + 1)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_the_measured_pp_bubble_is_the_formulas_when_stages_are_equal(tmp_path, m):
+    """(p-1)/(m+p-1) assumes equal stages and free communication. Every stage here sleeps
+    40 ms before each microbatch's backward (--straggle), so the stages are equal and that
+    time dominates their work (a forward of the 16-wide MLP and a send between stages take
+    about a millisecond). What is left over, the sends and a loaded machine's scheduling,
+    only adds idle time: the tolerance, 0.06, is several such milliseconds per step."""
+    out = run_json("--model", "mlp", "--layers", "2", "--width", "16", "--batch-size", "16",
+                   "--device", "cpu", "--workers", "2", "--parallel", "pp", "--microbatches",
+                   str(m), "--straggle", "rank0:40ms,rank1:40ms", "--steps", "9",
+                   "--sample-every", "2", "--runs-dir", str(tmp_path / "pp"))
+    predicted = (2 - 1) / (m + 2 - 1)                   # m=1: 1/2; m=4: 1/5
+    assert out["bubble_predicted"] == pytest.approx(predicted)
+    for rank in out["ranks"]:
+        assert predicted - 0.02 <= rank["bubble_fraction"] <= predicted + 0.06, rank
+
+
+def test_pp_is_refused_where_it_cannot_cut_the_model():
+    cases = {("--model", "cnn"): "applies to --model transformer or mlp",
+             ("--model", "mlp", "--layers", "1"): "--layers 1 is fewer",
+             ("--model", "mlp", "--batch-size", "10", "--microbatches", "4"):
+                 "--microbatches 4 must divide --batch-size 10: allowed 1, 2, 5, 10",
+             ("--model", "mlp", "--microbatches", "1", "--pipeline-schedule", "1f1b"):
+                 "1f1b needs --microbatches >= the stages",
+             ("--model", "mlp", "--pipeline-schedule", "zb"): "is not one of: gpipe, 1f1b"}
+    for flags, why in cases.items():
+        proc = run_cli("--headless", *flags, "--device", "cpu", "--workers", "2",
+                       "--parallel", "pp")
+        assert proc.returncode == 2 and why in proc.stderr, (flags, proc.stderr)
+    ddp = run_cli("--headless", *SMALL, "--workers", "2", "--microbatches", "2")
+    assert ddp.returncode == 2 and "--microbatches applies to --parallel pp" in ddp.stderr

@@ -18,7 +18,6 @@ import torch
 from lsml_tui.trainer.commands import Stop
 from lsml_tui.trainer.events import (AveragedVal, ClipEvent, Notice, RunFinished, StepMetrics,
                                      SystemSample, TheorySample, ValMetrics)
-from lsml_tui.trainer.models import num_params
 from lsml_tui.trainer.optim.optimizers import evaluating
 
 
@@ -107,6 +106,8 @@ class Recording(Recorder):
     @torch.no_grad()
     def val_loss(self, model: torch.nn.Module) -> float:
         """Mean loss of `model` on the validation batches (the same batches every time)."""
+        if self.dp.pipelined and model is self.model:     # through every stage
+            return self.dp.val_loss(self)
         model.eval()  # back to train() below; not per step: it walks every module
         gen = torch.Generator(self.gen_device).manual_seed(self.cfg.seed + 1)
         with self.precision.autocast():
@@ -152,7 +153,7 @@ class Recording(Recorder):
             "run_dir": str(self.store.run_dir) if self.store else None,
             "status": self.status,
             "steps": self.step,
-            "params": num_params(self.model),
+            "params": self.num_params,
             "device": str(self.device),
             "precision": self.precision.mode,
             "compile": self.cfg.compile,

@@ -90,6 +90,6 @@ def render(s: DistSample) -> Text:
     noise = "N/A" if s.noise_scale is None else f"{s.noise_scale:.3g}"
     out.append(f"noise scale {noise} vs global batch {s.global_batch}")
     out.append_text(memory(s))
-    if not s.replicas_agree:
+    if s.replicas_agree is False:                   # None: no replicas (fsdp, pp)
         out.append("\nreplicas differ!", style="bold red")
     return out

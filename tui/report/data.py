@@ -233,7 +233,9 @@ def distributed_summary(run: RunData) -> dict | None:
         "noise_scale": next((s["noise_scale"] for s in reversed(samples)
                              if s["noise_scale"] is not None), None),
         "global_batch": last.get("global_batch", batch * config["workers"] if batch else None),
-        "replicas_agree": all(s["replicas_agree"] for s in samples) if samples else None,
+        # None where the ranks hold no replicas to compare (fsdp, pp: each holds its part)
+        "replicas_agree": None if not samples or any(s["replicas_agree"] is None for s in samples)
+        else all(s["replicas_agree"] for s in samples),
         # --parallel: what each rank holds at the last sample, against ZeRO's formula
         "parallel": last.get("parallel", config.get("parallel", "ddp")),
         "optimizer_state_per_rank": [r.get("optimizer_state_bytes") for r in last.get("ranks", [])],
