@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import random
 
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv", "other")
 # One row per rank, in this order, as the ranks gather them on a sampled step.
 FIELDS = ("forward_s", "backward_s", "compute_s", "exposed_s", "step_s", "comm_busy_s",
           "payload_bytes", "local_sq_norm", "delay_s", "param_sum", "pid",
           "param_bytes", "grad_bytes", "optimizer_state_bytes",     # what the rank holds
-          "activation_bytes", "pipeline_s")     # pp: the schedule's span (0: not a pipeline)
+          "activation_bytes", "pipeline_s",     # pp: the schedule's span (0: not a pipeline)
+          # bytes each rank sent and seconds in the calls, per kind of collective
+          *(f"{kind}_{unit}" for kind in COLLECTIVES for unit in ("bytes", "s")))
 MEMORY = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "activation_bytes")
 
 
@@ -41,12 +44,22 @@ def ranks_breakdown(rows: list[dict]) -> list[dict]:
                     "forward_s": r["forward_s"], "backward_s": r["backward_s"],
                     "comm_busy_s": r["comm_busy_s"], "delay_s": r["delay_s"],
                     "payload_bytes": int(r["payload_bytes"]), "param_sum": r["param_sum"],
-                    "pid": int(r["pid"]), **{k: int(r[k]) for k in MEMORY if k in r}})
+                    "pid": int(r["pid"]), **{k: int(r[k]) for k in MEMORY if k in r},
+                    **collectives(r)})
     spans = [r.get("pipeline_s", 0.0) for r in rows]
     if all(spans):                                  # a pipeline: each rank's bubble
         for r, bubble in zip(out, bubbles([r["compute_s"] for r in rows], spans)):
             r["bubble_fraction"] = bubble
     return out
+
+
+def collectives(row: dict) -> dict:
+    """A rank's bytes sent in a step, in all and per kind of collective (with seconds)."""
+    kinds = {k: {"bytes": row[f"{k}_bytes"], "s": row[f"{k}_s"]} for k in COLLECTIVES
+             if row.get(f"{k}_bytes")}
+    if not any(f"{k}_bytes" in row for k in COLLECTIVES):
+        return {}
+    return {"comm_bytes": sum(v["bytes"] for v in kinds.values()), "collectives": kinds}
 
 
 def bubbles(busy: list[float], spans: list[float]) -> list[float]:

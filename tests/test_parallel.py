@@ -2,6 +2,7 @@
 as DDP does, with each rank holding its shard of the optimizer state; fsdp trains as one
 process at the global batch with parameters, gradients and optimizer state split."""
 
+import json
 import os
 
 import pytest
@@ -47,6 +48,14 @@ def test_zero1_trains_as_ddp_with_the_optimizer_state_split_across_ranks(tmp_pat
     sample = dist_samples(zero["run_dir"])[-1]
     assert sample["parallel"] == "zero1"
     assert [r["optimizer_state_bytes"] for r in sample["ranks"]] == shards
+    # bytes sent a step: DDP's ring all-reduce of M = 4 x 698 gradient bytes, 2(2-1)/2 x M
+    m = 4 * params
+    assert [r["comm_bytes"] for r in ddp["ranks"]] == [m] * 2 and ddp["comm_predicted"] == [m] * 2
+    # ZeRO-1 as torch builds it: that all-reduce, then each rank broadcasts what it updated
+    # to the other, (2-1) x its share: M in all, uneven like the shards
+    assert [r["collectives"]["all_reduce"]["bytes"] for r in zero["ranks"]] == [m] * 2
+    assert sum(r["collectives"]["broadcast"]["bytes"] for r in zero["ranks"]) == m
+    assert zero["comm_predicted"] == [3 * m / 2] * 2                # 3(N-1)/N x M
 
 
 def test_zero1_needs_ranks_and_an_optimizer_it_can_shard():
@@ -156,6 +165,15 @@ def test_fsdp_trains_as_one_process_at_the_global_batch_with_every_kind_sharded(
     # Adam: exp_avg and exp_avg_sq of each shard (2 x 4 bytes) and a 4-byte step per tensor
     assert [r["optimizer_state_bytes"] for r in ranks] == [8 * h + 4 * 6 for h in held]
     assert out["replicas_identical"] is None        # no rank holds a replica to compare
+    # an all-gather of the parameters for forward, again for backward when resharded, and a
+    # reduce-scatter of the gradients: (N-1)/N x M each, M = 4 x 895 = 3580 bytes
+    passes = 3 if reshard == "--reshard-after-forward" else 2
+    assert out["comm_predicted"] == [passes * 3580 / 2] * 2         # 1.5x or 1x DDP's M
+    # measured: FSDP pads every shard to ceil(rows / 2), rank 0's size, 472 parameters, so
+    # each pass moves (2-1) x 4 x 472 = 1888 bytes a rank, not 1790
+    for r in ranks:
+        assert r["comm_bytes"] == passes * 1888
+        assert r["collectives"]["reduce_scatter"]["bytes"] == 1888
 
 
 def test_fsdp_refuses_what_it_cannot_shard():
@@ -205,6 +223,15 @@ def test_tp_trains_as_one_process_with_its_split_layers_half_size(tmp_path, fami
     assert [r["param_bytes"] for r in out["ranks"]] == [4 * (total - halved)] * 2
     assert [r["grad_bytes"] for r in out["ranks"]] == [4 * (total - halved)] * 2
     assert out["replicas_identical"] is True        # the whole layers agree on both ranks
+    # Megatron: each row-parallel layer all-reduces its output in forward, each column-
+    # parallel one its input's gradient in backward (not the MLP's first, fed by the data);
+    # 2(2-1)/2 x the bytes each. Transformer: 4 per block of B x T x C = 8 x 16 x 16 floats,
+    # 4 x 2 x 2048 x 4 = 65536; MLP (B = 128): forward blocks.1 (16) and the head (10),
+    # backward blocks.2 (16): 128 x (16 + 10 + 16) x 4 = 21504
+    sent = {"transformer": 65536, "mlp": 21504}[family]
+    assert out["comm_predicted"] == [sent] * 2
+    assert [r["comm_bytes"] for r in out["ranks"]] == [sent] * 2
+    assert [set(r["collectives"]) for r in out["ranks"]] == [{"all_reduce"}] * 2
 
 
 def test_tp_is_refused_where_it_cannot_split():
@@ -253,6 +280,12 @@ def test_pp_trains_as_one_process_each_stage_holding_its_blocks(tmp_path, family
     if family == "mlp":
         assert held == [528, 442]
     assert out["replicas_identical"] is None and out["bubble_predicted"] == 1 / (int(m) + 1)
+    # the boundary carries the batch's activations forward (stage 0 sends them) and their
+    # gradients back (stage 1 sends those): transformer 8 x 16 x 16 x 4 = 8192 bytes,
+    # MLP 32 x 16 x 4 = 2048
+    sent = {"transformer": 8192, "mlp": 2048}[family]
+    assert out["comm_predicted"] == [sent] * 2
+    assert [r["collectives"]["send_recv"]["bytes"] for r in out["ranks"]] == [sent] * 2
 
 
 @pytest.mark.parametrize("m", [1, 4])
@@ -286,3 +319,29 @@ def test_pp_is_refused_where_it_cannot_cut_the_model():
         assert proc.returncode == 2 and why in proc.stderr, (flags, proc.stderr)
     ddp = run_cli("--headless", *SMALL, "--workers", "2", "--microbatches", "2")
     assert ddp.returncode == 2 and "--microbatches applies to --parallel pp" in ddp.stderr
+
+
+def test_a_comparison_report_puts_each_modes_ranks_beside_their_formulas(tmp_path):
+    from lsml_tui.tui.report import write_reports
+    runs = tmp_path / "runs"
+    outs = {mode: run_json("--model", "mlp", "--layers", "2", "--width", "16", "--device", "cpu",
+                           "--workers", "2", "--parallel", mode, "--steps", "8",
+                           "--sample-every", "4", "--runs-dir", str(runs))
+            for mode in ("ddp", "fsdp", "pp")}
+    paths = write_reports([o["run_dir"] for o in outs.values()], ["json", "md", "html"], tmp_path)
+    report = json.loads(next(p for p in paths if p.suffix == ".json").read_text())
+    for run, (mode, out) in zip(report["runs"], outs.items()):
+        held = run["distributed"]["held"]
+        assert run["distributed"]["parallel"] == mode
+        # what the report says each rank held and sent is what the run's summary said
+        assert [r["param_bytes"] for r in held["ranks"]] == [r["param_bytes"] for r in out["ranks"]]
+        assert [r["comm_bytes"] for r in held["ranks"]] == [r["comm_bytes"] for r in out["ranks"]]
+        assert [r["comm_predicted"] for r in held["ranks"]] == out["comm_predicted"]
+    # 970 parameters, 4 bytes each: a whole replica under ddp, half of it under fsdp
+    assert report["runs"][0]["distributed"]["held"]["param_predicted"] == 4 * 970
+    assert report["runs"][1]["distributed"]["held"]["param_predicted"] == 4 * 970 / 2
+    markdown = next(p for p in paths if p.suffix == ".md").read_text()
+    assert markdown.count("# Per rank: memory, communication, bubble") == 3
+    assert "(p-1)/(m+p-1) = 20.0%" in markdown            # pp, 4 microbatches on 2 stages
+    html = next(p for p in paths if p.suffix == ".html").read_text()
+    assert '<figure aria-label="Memory per rank"><svg' in html

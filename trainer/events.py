@@ -175,6 +175,7 @@ class DistSample:
     param_predicted: float | None = None
     grad_predicted: float | None = None
     bubble_predicted: float | None = None   # pp: (p-1)/(m+p-1)
+    comm_predicted: list | None = None      # bytes each rank sends a step, by the formula
 
 
 @dataclass(frozen=True)

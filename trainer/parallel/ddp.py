@@ -12,12 +12,14 @@ import pickle
 import queue
 import random
 import time
+from contextlib import nullcontext
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from lsml_tui.profilers import comm
+from lsml_tui.profilers.collectives import CollectiveMeter
 from lsml_tui.profilers.memory import memory_breakdown
 from lsml_tui.profilers.noise import NoiseScale
 from lsml_tui.trainer.device import resolve_device
@@ -69,6 +71,8 @@ class DataParallel(Measured, Alone):
             if self.straggle else None
         self._rng = random.Random(data_seed(cfg.seed, world.rank))
         self.timer = CommTimer()
+        self.meter: CollectiveMeter | None = None       # on a step before a sampled one
+        self.comm_row = CollectiveMeter(0, 1).fields()  # what it measured (zeros until then)
         self._inbox: list = []                          # shipped, applied at the next step
         self._pending: queue.SimpleQueue = queue.SimpleQueue()   # rank 0's, see attach
         self._marks: dict[str, float] = {}
@@ -88,6 +92,9 @@ class DataParallel(Measured, Alone):
                                 timeout=timedelta(seconds=self.cfg.dist_timeout))
 
     def close(self) -> None:
+        if self.meter is not None:                      # a step that failed while metered
+            self.meter.__exit__(None, None, None)
+            self.meter = None
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -117,6 +124,10 @@ class DataParallel(Measured, Alone):
     # -- a step --------------------------------------------------------------------
 
     def begin(self, step: int, sampled: bool) -> None:
+        every = self.cfg.sample_every       # the collectives: on the step before a sampled one
+        if step % every == (every // 2 - 1) % every and self.meter is None:
+            self.meter = CollectiveMeter(self.rank, self.size)
+            self.meter.__enter__()
         self.timer.on = sampled
         if sampled:
             self.timer.reset()
@@ -140,6 +151,14 @@ class DataParallel(Measured, Alone):
         all-reduce that also ships rank 0's new commands to every rank."""
         if self.timer.on:
             self._marks["backward"] = self._now()
+        with self.quiet():
+            return self._read_back(loss, norm)
+
+    def quiet(self):
+        """Our own exchanges (loss, commands, norms) are left out of the collectives."""
+        return self.meter.paused() if self.meter is not None else nullcontext()
+
+    def _read_back(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float]:
         payload = self._outgoing()
         head = torch.stack([loss.detach().float(),
                             torch.tensor(float(len(payload)), device=loss.device)])
@@ -150,6 +169,9 @@ class DataParallel(Measured, Alone):
 
     def end_step(self, trainer) -> None:
         """On a sampled step: gather every rank's timings on rank 0 and record them."""
+        if self.meter is not None:
+            self.meter.__exit__(None, None, None)
+            self.comm_row, self.meter = self.meter.fields(), None
         if not self.timer.on:
             return
         self.timer.on = False
@@ -163,7 +185,7 @@ class DataParallel(Measured, Alone):
                "delay_s": self._delay, "param_sum": self.fingerprint(trainer),
                "pid": float(os.getpid()), **self.held(trainer),
                "activation_bytes": float(trainer.profiler.memory.get("saved_activation_bytes", 0)),
-               "pipeline_s": 0.0, **self.step_row()}
+               "pipeline_s": 0.0, **self.comm_row, **self.step_row()}
         mine = torch.tensor([row[f] for f in comm.FIELDS], dtype=torch.float64, device=self.device)
         rows = [torch.empty_like(mine) for _ in range(self.size)]
         dist.all_gather(rows, mine)

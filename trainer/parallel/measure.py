@@ -27,6 +27,15 @@ class Measured:
     def bubble_predicted(self) -> float | None:
         return None
 
+    def comm_predicted(self, trainer) -> list[float] | None:
+        """Bytes each rank sends per step by the formula. DDP: a ring all-reduce of the
+        gradients, 2(N-1)/N x M; ZeRO-1 as torch builds it: that, then each rank broadcasts
+        the parameters it updated, (N-1) x M/N more: 3(N-1)/N x M (other --sync: None)."""
+        if self.sync != "allreduce":
+            return None
+        n, m = self.size, sum(p.numel() * p.element_size() for p in trainer.params)
+        return [(3 if self.parallel == "zero1" else 2) * (n - 1) / n * m] * n
+
     def _sample(self, trainer, table: list[dict]) -> DistSample:
         ranks = comm.ranks_breakdown(table)
         for r in ranks:
@@ -56,7 +65,8 @@ class Measured:
             noise_scale=noise, global_batch=self.global_batch,
             replicas_agree=len({r["param_sum"] for r in ranks}) == 1 if self.replicas else None,
             parallel=self.parallel, **self.predicted(trainer, ranks),
-            bubble_predicted=self.bubble_predicted())
+            bubble_predicted=self.bubble_predicted(),
+            comm_predicted=self.comm_predicted(trainer))
         self.last = sample
         return sample
 
@@ -65,13 +75,15 @@ class Measured:
         ranks = [{"rank": r, **{k: v / n for k, v in acc.items()}}
                  for r, acc in sorted(self.totals.items())]
         last = self.last
-        memory = {r["rank"]: {k: r[k] for k in comm.MEMORY if k in r}
+        memory = {r["rank"]: {k: r[k] for k in (*comm.MEMORY, "comm_bytes", "collectives")
+                              if k in r}
                   for r in (last.ranks if last else [])}
         ranks = [{**r, **memory.get(r["rank"], {})} for r in ranks]
         return {"world_size": self.size, "sync": self.sync, "parallel": self.parallel,
                 **{f"{k}_predicted": getattr(last, f"{k}_predicted") if last else None
                    for k in KINDS},
                 "bubble_predicted": self.bubble_predicted(),
+                "comm_predicted": last.comm_predicted if last else None,
                 "ranks": ranks,
                 "noise_scale": last.noise_scale if last else None,
                 "replicas_identical": None if self.fingerprints is None

@@ -148,8 +148,19 @@ class PipelineParallel(DataParallel):
         """Each stage's own per-parameter norms; the global norm over every stage."""
         per, norm = grad_norms(params)
         sq = norm.square().reshape(1)
-        dist.all_reduce(sq)
+        with self.quiet():
+            dist.all_reduce(sq)
         return per, sq.sqrt().reshape(())
+
+    def comm_predicted(self, trainer) -> list[float]:
+        """Each stage boundary carries the batch's activations forward and their gradients
+        back (B x T x C for the transformer, B x width for the MLP, over all microbatches):
+        a stage sends the first unless it is the last, the second unless it is the first."""
+        cfg, n = self.cfg, self.size
+        tokens = cfg.batch_size * (cfg.seq_len if cfg.model == "transformer" else 1)
+        size = 2 if trainer.precision.mode in ("bf16", "fp16") else 4
+        boundary = tokens * cfg.width * size
+        return [boundary * ((r < n - 1) + (r > 0)) for r in range(n)]
 
     def bubble_predicted(self) -> float:
         return bubble_predicted(self.size, self.cfg.microbatches)

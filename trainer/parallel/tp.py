@@ -58,4 +58,22 @@ class TensorParallel(Sharded):
 
     def wrap(self, model: nn.Module) -> nn.Module:
         mesh = init_device_mesh(self.device.type, (self.size,))
-        return parallelize_module(model, mesh, plan(model, self.cfg.model, self.size))
+        self.plan = plan(model, self.cfg.model, self.size)
+        return parallelize_module(model, mesh, self.plan)
+
+    def comm_predicted(self, trainer) -> list[float]:
+        """Megatron's: each row-parallel layer all-reduces its output in forward, each
+        column-parallel one its input's gradient in backward (not the MLP's first layer:
+        its input is the data), 2(N-1)/N x the activation's bytes each; in a transformer
+        block two of each, of B x T x C."""
+        n, cfg = self.size, self.cfg
+        tokens = cfg.batch_size * (cfg.seq_len if cfg.model == "transformer" else 1)
+        size = 2 if trainer.precision.mode in ("bf16", "fp16") else 4   # autocast's dtype
+        elements = 0
+        for name, style in self.plan.items():
+            layer = trainer.model.get_submodule(name)
+            if isinstance(style, RowwiseParallel):
+                elements += tokens * layer.out_features
+            elif name != "blocks.0.fc":
+                elements += tokens * layer.in_features
+        return [2 * (n - 1) / n * elements * size] * n

@@ -19,6 +19,7 @@ from lsml_tui.trainer.store.reader import RunInfo, open_run
 from lsml_tui.trainer.store.schema import LIVE
 from lsml_tui.tui.format import describe
 from lsml_tui.tui.report.measures import noise_summary, sharpness_summary
+from lsml_tui.tui.report.parallel import held
 from lsml_tui.tui.report.theory import theory_summary
 
 # Adding an optional key is backward compatible (a reader of version 1 ignores what it does
@@ -240,6 +241,8 @@ def distributed_summary(run: RunData) -> dict | None:
         "parallel": last.get("parallel", config.get("parallel", "ddp")),
         "optimizer_state_per_rank": [r.get("optimizer_state_bytes") for r in last.get("ranks", [])],
         "optimizer_state_predicted": last.get("optimizer_state_predicted"),
+        # per rank: bytes held by kind and sent by collective, the bubble, and the formulas
+        "held": held(samples),
     }
 
 
