@@ -345,3 +345,30 @@ def test_a_comparison_report_puts_each_modes_ranks_beside_their_formulas(tmp_pat
     assert "(p-1)/(m+p-1) = 20.0%" in markdown            # pp, 4 microbatches on 2 stages
     html = next(p for p in paths if p.suffix == ".html").read_text()
     assert '<figure aria-label="Memory per rank"><svg' in html
+
+
+def test_torchrun_ranks_run_a_pipeline_as_one_run(tmp_path):
+    import subprocess
+    import sys
+    from lsml_tui.trainer.store.reader import list_runs
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", "-m", "lsml_tui.tui.cli", "--headless",
+                           "--json", "--no-progress", "--model", "mlp", "--layers", "2",
+                           "--width", "16", "--device", "cpu", "--parallel", "pp",
+                           "--steps", "10", "--runs-dir", str(runs)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run, = list_runs(runs)                          # rank 0 records, the one run
+    assert run.status == "finished" and run.steps == 10
+    assert run.summary["parallel"] == "pp" and run.summary["world_size"] == 2
+
+
+def test_lr_find_ramps_one_process_at_each_modes_global_batch():
+    from lsml_tui.trainer.tuning.lr_find import ramp_config
+    for mode, batch in (("fsdp", 2 * 16), ("tp", 16), ("pp", 16)):   # data parallel: N x B
+        cfg = resolve(RunConfig(model="mlp", layers=2, width=16, workers=2, device="cpu",
+                                batch_size=16, parallel=mode))
+        ramp = ramp_config(cfg, 10)
+        assert (ramp.workers, ramp.parallel, ramp.batch_size) == (1, "ddp", batch)
+        assert resolve(ramp).microbatches is None       # a valid one-process config

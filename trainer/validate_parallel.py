@@ -6,8 +6,18 @@ naming what is allowed, before any rank starts.
 
 from __future__ import annotations
 
+import os
+
 from lsml_tui.trainer import specs
 from lsml_tui.trainer.config import ConfigError, flag, suggest
+
+
+def ranks(cfg) -> int:
+    """The ranks the run will have: --workers, or the group torchrun started this process in
+    (--workers left out)."""
+    if cfg.workers == 1 and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return cfg.workers
 
 
 def check_parallel(cfg, norm: str, batch: int) -> dict:
@@ -24,7 +34,7 @@ def check_parallel(cfg, norm: str, batch: int) -> dict:
                               f"--parallel {mode})")
     if mode == "ddp":
         return {}
-    n = cfg.workers
+    n = ranks(cfg)
     if n < 2:
         raise ConfigError(f"--parallel {mode} shards across ranks: it needs --workers 2 or "
                           f"more (got {n})")
