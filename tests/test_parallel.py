@@ -13,6 +13,7 @@ from lsml_tui.trainer.config import RunConfig
 from lsml_tui.trainer.specs import PARALLEL, SPLITS
 from lsml_tui.trainer.parallel.world import data_seed
 from lsml_tui.trainer.validate import resolve
+from lsml_tui.tui.format import nbytes
 from lsml_tui.trainer.events import CommandApplied, CommandRefused, RunFinished, StepMetrics
 from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.bridge import TrainerBridge
@@ -343,6 +344,10 @@ def test_a_comparison_report_puts_each_modes_ranks_beside_their_formulas(tmp_pat
     markdown = next(p for p in paths if p.suffix == ".md").read_text()
     assert markdown.count("# Per rank: memory, communication, bubble") == 3
     assert "(p-1)/(m+p-1) = 20.0%" in markdown            # pp, 4 microbatches on 2 stages
+    assert "| parallel | ddp | fsdp | pp |" in markdown    # the comparison, side by side
+    # the largest rank holds params + grads + Adam's two moments: 4 x (1 + 1 + 2) bytes a
+    # parameter plus a 4-byte step per tensor; ddp: 970 parameters in 6 tensors
+    assert f"| held per rank, largest | {nbytes(16 * 970 + 4 * 6)} |" in markdown
     html = next(p for p in paths if p.suffix == ".html").read_text()
     assert '<figure aria-label="Memory per rank"><svg' in html
 
