@@ -11,7 +11,8 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_
 FIELDS = ("forward_s", "backward_s", "compute_s", "exposed_s", "step_s", "comm_busy_s",
           "payload_bytes", "local_sq_norm", "delay_s", "param_sum", "pid",
           "param_bytes", "grad_bytes", "optimizer_state_bytes",     # what the rank holds
-          "activation_bytes", "pipeline_s",     # pp: the schedule's span (0: not a pipeline)
+          "activation_bytes", "cuda_peak_bytes",    # (0: not on CUDA)
+          "pipeline_s",                         # pp: the schedule's span (0: not a pipeline)
           # bytes each rank sent and seconds in the calls, per kind of collective
           *(f"{kind}_{unit}" for kind in COLLECTIVES for unit in ("bytes", "s")))
 MEMORY = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "activation_bytes")
@@ -45,6 +46,8 @@ def ranks_breakdown(rows: list[dict]) -> list[dict]:
                     "comm_busy_s": r["comm_busy_s"], "delay_s": r["delay_s"],
                     "payload_bytes": int(r["payload_bytes"]), "param_sum": r["param_sum"],
                     "pid": int(r["pid"]), **{k: int(r[k]) for k in MEMORY if k in r},
+                    **({"cuda_peak_bytes": int(r["cuda_peak_bytes"])}
+                       if r.get("cuda_peak_bytes") else {}),
                     **collectives(r)})
     spans = [r.get("pipeline_s", 0.0) for r in rows]
     if all(spans):                                  # a pipeline: each rank's bubble

@@ -183,6 +183,9 @@ def test_fsdp_refuses_what_it_cannot_shard():
     muon = run_cli("--headless", *SMALL, "--parallel", "fsdp", "--workers", "2",
                    "--optimizer", "muon")
     assert muon.returncode == 2 and "--optimizer muon" in muon.stderr
+    fp16 = run_cli("--headless", *SMALL, "--parallel", "fsdp", "--workers", "2",
+                   "--precision", "fp16")
+    assert fp16.returncode == 2 and "use bf16 or fp32" in fp16.stderr
 
 
 # (flags, Linear layers tp splits: (rows, cols, bias split) as nn.Linear stores them)
@@ -248,13 +251,13 @@ def test_tp_is_refused_where_it_cannot_split():
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def one_process(tmp_path, flags, steps: int) -> list[float]:
-    """The losses of one process with the run flags `flags` (model sizes, batch size)."""
+def one_process(tmp_path, flags, steps: int) -> tuple[list[float], float]:
+    """The losses and last validation loss of one process with the run flags `flags`."""
     values = {k.lstrip("-").replace("-", "_"): v for k, v in zip(flags[::2], flags[1::2])}
     cfg = resolve(RunConfig(**{k: v if k == "model" else int(v) for k, v in values.items()},
                             device="cpu", steps=steps, runs_dir=str(tmp_path / "one")))
-    _, rec, _ = run_with(cfg, store=False)
-    return [e.loss for e in rec.of(StepMetrics)]
+    trainer, rec, _ = run_with(cfg, store=False)
+    return [e.loss for e in rec.of(StepMetrics)], trainer.last_val_loss
 
 
 PP = {  # (flags, schedule, microbatches, what each stage holds)
@@ -275,7 +278,9 @@ def test_pp_trains_as_one_process_each_stage_holding_its_blocks(tmp_path, family
                    "--sample-every", "5", "--runs-dir", str(tmp_path / "pp"))
     assert out["status"] == "finished" and out["parallel"] == "pp"
     # the mean of the microbatches' mean losses, their gradients averaged: one batch's step
-    assert losses(out["run_dir"]) == pytest.approx(one_process(tmp_path, flags, 15), rel=1e-5)
+    train, val = one_process(tmp_path, flags, 15)
+    assert losses(out["run_dir"]) == pytest.approx(train, rel=1e-5)
+    assert out["final_val_loss"] == pytest.approx(val, rel=1e-5)    # through both stages
     held = [r["param_bytes"] // 4 for r in out["ranks"]]
     assert sum(held) == out["params"]                   # every parameter on exactly one stage
     if family == "mlp":

@@ -242,7 +242,9 @@ class Trainer(Recording, Controls, FaultPolicy):
         else:   # read now (free on CPU); with N ranks the loss is their mean, every rank alike
             loss_v, norm_v = self.dp.read_back(loss, norm)
             values = torch.tensor([loss_v, norm_v, *(float(e) for e in extra)])
-            if not math.isfinite(loss_v):                   # finite gradients or not: skip
+            # finite gradients or not: skip; a non-finite global norm too (one rank's shard
+            # of a NaN gradient must stop every rank's update, not only its own)
+            if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
                 self.guard.found_inf.fill_(1.0)
         self.guard.clip_and_check(grads, norm, self.clip)   # no branch; flags NaN/Inf grads
         probe.before_update(self.params)

@@ -106,9 +106,11 @@ class Recording(Recorder):
     @torch.no_grad()
     def val_loss(self, model: torch.nn.Module) -> float:
         """Mean loss of `model` on the validation batches (the same batches every time)."""
-        if self.dp.pipelined and model is self.model:     # through every stage
-            return self.dp.val_loss(self)
         model.eval()  # back to train() below; not per step: it walks every module
+        if self.dp.pipelined and model is self.model:     # through every stage
+            loss = self.dp.val_loss(self)
+            model.train()
+            return loss
         gen = torch.Generator(self.gen_device).manual_seed(self.cfg.seed + 1)
         with self.precision.autocast():
             losses = [self.task.loss(model(x), y)

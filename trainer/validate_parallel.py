@@ -48,6 +48,10 @@ def check_parallel(cfg, norm: str, batch: int) -> dict:
     if mode in specs.SPLIT_MODEL and cfg.average is not None:
         raise ConfigError(f"--average with --parallel {mode}: the averaged copy of the "
                           f"weights would be whole on every rank; use ddp, zero1 or fsdp")
+    if mode in ("fsdp", "tp") and cfg.precision == "fp16":
+        raise ConfigError(f"--precision fp16 with --parallel {mode}: the gradient scaler "
+                          f"checks each rank's shard for overflow on its own, so the ranks "
+                          f"could disagree on skipping a step; use bf16 or fp32")
     if mode in specs.SPLIT_MODEL and cfg.compile != "off":
         raise ConfigError(f"--compile with --parallel {mode}: not supported here (the split "
                           f"model runs eager); use --compile off")

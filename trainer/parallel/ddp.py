@@ -185,6 +185,8 @@ class DataParallel(Measured, Alone):
                "delay_s": self._delay, "param_sum": self.fingerprint(trainer),
                "pid": float(os.getpid()), **self.held(trainer),
                "activation_bytes": float(trainer.profiler.memory.get("saved_activation_bytes", 0)),
+               "cuda_peak_bytes": float(torch.cuda.max_memory_allocated(self.device))
+               if self.device.type == "cuda" else 0.0,
                "pipeline_s": 0.0, **self.comm_row, **self.step_row()}
         mine = torch.tensor([row[f] for f in comm.FIELDS], dtype=torch.float64, device=self.device)
         rows = [torch.empty_like(mine) for _ in range(self.size)]

@@ -75,7 +75,8 @@ class Measured:
         ranks = [{"rank": r, **{k: v / n for k, v in acc.items()}}
                  for r, acc in sorted(self.totals.items())]
         last = self.last
-        memory = {r["rank"]: {k: r[k] for k in (*comm.MEMORY, "comm_bytes", "collectives")
+        memory = {r["rank"]: {k: r[k] for k in (*comm.MEMORY, "cuda_peak_bytes", "comm_bytes",
+                                                 "collectives")
                               if k in r}
                   for r in (last.ranks if last else [])}
         ranks = [{**r, **memory.get(r["rank"], {})} for r in ranks]

@@ -4,7 +4,8 @@ one-process run the loop calls when there are no other ranks.
 
 The loop calls the same methods on ``Alone`` and on ``DataParallel`` (ddp.py):
 ``wrap`` (the model), ``begin`` (a step), ``before_backward`` (an injected straggler
-delay), ``read_back`` (the loss and gradient norm, as one collective on N ranks),
+delay), ``grad_norms`` and ``local_grads`` (over every rank's part when the weights are
+split), ``read_back`` (the loss and gradient norm, as one collective on N ranks),
 ``end_step`` (on sampled steps, every rank's timings gathered on rank 0), ``commands``
 (what to apply before the next step), ``finish`` and ``summary``.
 """
