@@ -65,6 +65,12 @@ def collectives(row: dict) -> dict:
     return {"comm_bytes": sum(v["bytes"] for v in kinds.values()), "collectives": kinds}
 
 
+def bubble(stages: int, microbatches: int) -> float:
+    """The pipeline's idle share of a step with p equal stages and m microbatches, GPipe's
+    and 1F1B's alike (Huang et al. 2019): (p-1)/(m+p-1)."""
+    return (stages - 1) / (microbatches + stages - 1)
+
+
 def bubbles(busy: list[float], spans: list[float]) -> list[float]:
     """Each pipeline stage's idle share of the step: 1 - its own compute / the pipeline's
     span (the longest rank's, from the common start of the step to its last backward).

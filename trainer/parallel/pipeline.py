@@ -22,15 +22,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
+from lsml_tui.profilers import comm
 from lsml_tui.trainer.guard import grad_norms
 from lsml_tui.trainer.parallel.ddp import DataParallel
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
-
-
-def bubble_predicted(stages: int, microbatches: int) -> float:
-    """GPipe's (and 1F1B's) idle share of a step with equal stages: (p-1)/(m+p-1)."""
-    return (stages - 1) / (microbatches + stages - 1)
 
 
 def stage_blocks(blocks: int, stages: int, stage: int) -> range:
@@ -163,7 +159,7 @@ class PipelineParallel(DataParallel):
         return [boundary * ((r < n - 1) + (r > 0)) for r in range(n)]
 
     def bubble_predicted(self) -> float:
-        return bubble_predicted(self.size, self.cfg.microbatches)
+        return comm.bubble(self.size, self.cfg.microbatches)
 
     def step_row(self) -> dict:
         """The sampled step's row: compute is the stage's own work, the rest of the
