@@ -14,7 +14,8 @@ from lsml_tui.trainer.specs import PARALLEL, SPLITS
 from lsml_tui.trainer.parallel.world import data_seed
 from lsml_tui.trainer.validate import resolve
 from lsml_tui.tui.format import nbytes
-from lsml_tui.trainer.events import CommandApplied, CommandRefused, RunFinished, StepMetrics
+from lsml_tui.trainer.events import (CommandApplied, CommandRefused, RunFinished, StepMetrics,
+                                     TraceCaptured)
 from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.bridge import TrainerBridge
 from tests.conftest import run_cli, run_json
@@ -84,10 +85,11 @@ def test_commands_reach_every_rank_and_switches_are_refused_with_the_reason(tmp_
     try:
         wait(lambda: any(isinstance(e, StepMetrics) and e.step > 20 for e in events), "steps")
         plan = [C.SetOptimizer("momentum"), C.SetNorm("layer"), C.SetLR(0.01), C.SetClip(0.5),
-                C.Pause(), C.SingleStep(), C.Resume(), C.Rewind()]
+                C.Pause(), C.SingleStep(), C.Resume(), C.Rewind(), C.CaptureTrace(2)]
         for cmd in plan:
             bridge.send(cmd)
             wait(lambda: answered(cmd), C.describe(cmd))
+        wait(lambda: any(isinstance(e, TraceCaptured) for e in events), "the trace")
         rewound = answered(C.Rewind())[0]
         wait(lambda: any(isinstance(e, StepMetrics) and e.step > rewound.step + 10
                          for e in events), "steps after the rewind")
@@ -107,6 +109,8 @@ def test_commands_reach_every_rank_and_switches_are_refused_with_the_reason(tmp_
     with open_run(finished.summary["run_dir"]) as r:
         steps = r.steps()
     assert steps["step"] == list(range(len(steps["step"])))     # nothing lost, nothing twice
+    trace, = [e for e in events if isinstance(e, TraceCaptured)]     # rank 0's profile
+    assert trace.steps == 2 and os.path.getsize(trace.path) > 0
 
 
 # an MLP whose hidden width is odd, so FSDP's dim-0 shards are uneven (padding shows)
