@@ -1,5 +1,7 @@
-"""Data-parallel arithmetic on measured numbers: where a synchronous step's time goes,
-bandwidth and stragglers (the gradient noise scale is profilers/noise.py). Plain data in, plain data out.
+"""Parallel arithmetic on measured numbers: where a synchronous step's time goes,
+bandwidth and stragglers (the gradient noise scale is profilers/noise.py), ZeRO's bytes per
+rank, the bytes each collective sent, and the pipeline's bubble. Plain data in, plain data
+out.
 """
 
 from __future__ import annotations
