@@ -102,7 +102,7 @@ def test_a_pipeline_panel_shows_what_each_rank_holds_sends_and_idles_beside_the_
     text = render(s).plain
     assert "r0 params 2.06 KiB grads 2.06 KiB opt 4.13 KiB" in text       # 2112 B, 4232 B
     assert "formula pp: params 1.89 KiB grads 1.89 KiB opt 3.8 KiB" in text   # 1940, 3892 B
-    assert "r1 sent 8 KiB (formula 8 KiB): send-recv 8 KiB" in text
+    assert "r1 sent 8 KiB (formula 8 KiB): send-recv 8 KiB 1 ms" in text    # 0.001 s in calls
     # m = 4 microbatches on p = 2 stages: (2-1)/(4+2-1) = 20%
     assert "bubble r0 20%  r1 20% vs (p-1)/(m+p-1) = 20%" in text
     assert "replicas differ" not in text and "noise scale" not in text

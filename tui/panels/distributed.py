@@ -60,7 +60,7 @@ def memory(s: DistSample) -> Text:
     for r in s.ranks:
         if r.get("comm_bytes") is None:
             continue
-        kinds = ", ".join(f"{k.replace('_', '-')} {nbytes(v['bytes'])}"
+        kinds = ", ".join(f"{k.replace('_', '-')} {nbytes(v['bytes'])} {milliseconds(v['s'])}"
                           for k, v in (r.get("collectives") or {}).items())
         formula = f" (formula {nbytes(sent[r['rank']])})" if r["rank"] < len(sent) else ""
         out.append(f"r{r['rank']} sent {nbytes(r['comm_bytes'])}{formula}: {kinds}\n")
