@@ -61,14 +61,6 @@ class Sharded(DataParallel):
         with self.quiet():
             return global_grad_norms(params, self.size, self.device)
 
-    def comm_predicted(self, trainer) -> list[float]:
-        """FSDP (ZeRO-3): an all-gather of the parameters for forward, again for backward
-        when resharded, and a reduce-scatter of the gradients: (N-1)/N x M each, 3 or 2
-        times, 1.5x or 1x DDP's 2(N-1)/N x M."""
-        n, m = self.size, sum(p.numel() * p.element_size() for p in trainer.params)
-        passes = 2 if self.cfg.reshard_after_forward is False else 3
-        return [passes * (n - 1) / n * m] * n
-
     def local_grads(self, params) -> list[torch.Tensor]:
         return [local(p.grad) for p in params if p.grad is not None]
 
