@@ -154,7 +154,7 @@ class PipelineParallel(DataParallel):
         a stage sends the first unless it is the last, the second unless it is the first."""
         cfg, n = self.cfg, self.size
         tokens = cfg.batch_size * (cfg.seq_len if cfg.model == "transformer" else 1)
-        size = 2 if trainer.precision.mode in ("bf16", "fp16") else 4
+        size = trainer.params[0].element_size()     # activations in the weights' dtype
         boundary = tokens * cfg.width * size
         return [boundary * ((r < n - 1) + (r > 0)) for r in range(n)]
 

@@ -68,7 +68,9 @@ class TensorParallel(Sharded):
         block two of each, of B x T x C."""
         n, cfg = self.size, self.cfg
         tokens = cfg.batch_size * (cfg.seq_len if cfg.model == "transformer" else 1)
-        size = 2 if trainer.precision.mode in ("bf16", "fp16") else 4   # autocast's dtype
+        # activations in the weights' dtype: under autocast some cross in half precision
+        # (a Linear's output), some not (the gradient of a norm's output), fewer bytes
+        size = trainer.params[0].element_size()
         elements = 0
         for name, style in self.plan.items():
             layer = trainer.model.get_submodule(name)
