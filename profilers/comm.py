@@ -1,16 +1,23 @@
-"""Data-parallel arithmetic on measured numbers: where a synchronous step's time goes,
-bandwidth and stragglers (the gradient noise scale is profilers/noise.py). Plain data in, plain data out.
+"""Parallel arithmetic on measured numbers: where a synchronous step's time goes,
+bandwidth and stragglers (the gradient noise scale is profilers/noise.py), ZeRO's bytes per
+rank, the bytes each collective sent, and the pipeline's bubble. Plain data in, plain data
+out.
 """
 
 from __future__ import annotations
 
 import random
 
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv", "other")
 # One row per rank, in this order, as the ranks gather them on a sampled step.
 FIELDS = ("forward_s", "backward_s", "compute_s", "exposed_s", "step_s", "comm_busy_s",
           "payload_bytes", "local_sq_norm", "delay_s", "param_sum", "pid",
-          "param_bytes", "grad_bytes", "optimizer_state_bytes")     # what the rank holds
-MEMORY = ("param_bytes", "grad_bytes", "optimizer_state_bytes")
+          "param_bytes", "grad_bytes", "optimizer_state_bytes",     # what the rank holds
+          "activation_bytes", "cuda_peak_bytes",    # (0: not on CUDA)
+          "pipeline_s",                         # pp: the schedule's span (0: not a pipeline)
+          # bytes each rank sent and seconds in the calls, per kind of collective
+          *(f"{kind}_{unit}" for kind in COLLECTIVES for unit in ("bytes", "s")))
+MEMORY = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "activation_bytes")
 
 
 def sharded_bytes(ranks: list[dict], key: str, sharded: bool) -> float | None:
@@ -40,8 +47,38 @@ def ranks_breakdown(rows: list[dict]) -> list[dict]:
                     "forward_s": r["forward_s"], "backward_s": r["backward_s"],
                     "comm_busy_s": r["comm_busy_s"], "delay_s": r["delay_s"],
                     "payload_bytes": int(r["payload_bytes"]), "param_sum": r["param_sum"],
-                    "pid": int(r["pid"]), **{k: int(r[k]) for k in MEMORY if k in r}})
+                    "pid": int(r["pid"]), **{k: int(r[k]) for k in MEMORY if k in r},
+                    **({"cuda_peak_bytes": int(r["cuda_peak_bytes"])}
+                       if r.get("cuda_peak_bytes") else {}),
+                    **collectives(r)})
+    spans = [r.get("pipeline_s", 0.0) for r in rows]
+    if all(spans):                                  # a pipeline: each rank's bubble
+        for r, bubble in zip(out, bubbles([r["compute_s"] for r in rows], spans)):
+            r["bubble_fraction"] = bubble
     return out
+
+
+def collectives(row: dict) -> dict:
+    """A rank's bytes sent in a step, in all and per kind of collective (with seconds)."""
+    kinds = {k: {"bytes": row[f"{k}_bytes"], "s": row[f"{k}_s"]} for k in COLLECTIVES
+             if row.get(f"{k}_bytes")}
+    if not any(f"{k}_bytes" in row for k in COLLECTIVES):
+        return {}
+    return {"comm_bytes": sum(v["bytes"] for v in kinds.values()), "collectives": kinds}
+
+
+def bubble(stages: int, microbatches: int) -> float:
+    """The pipeline's idle share of a step with p equal stages and m microbatches, GPipe's
+    and 1F1B's alike (Huang et al. 2019): (p-1)/(m+p-1)."""
+    return (stages - 1) / (microbatches + stages - 1)
+
+
+def bubbles(busy: list[float], spans: list[float]) -> list[float]:
+    """Each pipeline stage's idle share of the step: 1 - its own compute / the pipeline's
+    span (the longest rank's, from the common start of the step to its last backward).
+    With p equal stages and m microbatches it is (p-1)/(m+p-1) on every rank."""
+    step = max(spans)
+    return [max(0.0, 1.0 - b / step) for b in busy]
 
 
 def _on_the_wire(sync: str, payload: float) -> float | None:

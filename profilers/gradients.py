@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from lsml_tui.profilers.memory import local_part
+
 
 def grad_norms(params: list[torch.Tensor]) -> torch.Tensor:
     """L2 norm of each parameter's gradient, one fused call; stays on the device (no sync)."""
@@ -15,12 +17,13 @@ def grad_norms(params: list[torch.Tensor]) -> torch.Tensor:
 
 def snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
     """Copies of the weights before an update (sampled steps only)."""
-    return torch._foreach_mul([p.detach() for p in params], 1.0)
+    return torch._foreach_mul([local_part(p.detach()) for p in params], 1.0)
 
 
 def update_ratios(before: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
-    """||w_after - w_before|| / ||w_before|| per parameter; on the device."""
-    after = [p.detach() for p in params]
+    """||w_after - w_before|| / ||w_before|| per parameter (of this rank's shard when the
+    weights are sharded); on the device."""
+    after = [local_part(p.detach()) for p in params]
     deltas = torch._foreach_sub(after, before)
     return torch.stack(torch._foreach_norm(deltas)) / torch.stack(torch._foreach_norm(before)).clamp_min(1e-12)
 

@@ -18,12 +18,18 @@ from torch.nn.modules import module as module_hooks
 OUTSIDE = "(loss)"
 
 
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded tensor (a DTensor's local shard); a plain tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
+
+
 class SavedActivationMeter:
     """``with SavedActivationMeter(model) as m: loss = ...`` then read ``m.by_module``, ``m.total``."""
 
     def __init__(self, model: nn.Module):
         self._names = {id(m): name for name, m in model.named_modules() if name}
-        self._excluded = {t.untyped_storage().data_ptr()
+        self._excluded = {local_part(t).untyped_storage().data_ptr()
                           for t in [*model.parameters(), *model.buffers()]}
         self._stack: list[str] = []
         self._seen: set[int] = set()
@@ -46,11 +52,11 @@ class SavedActivationMeter:
             self._stack.pop()
 
     def _pack(self, t: torch.Tensor):
-        try:
-            storage = t.untyped_storage()
+        try:                        # a DTensor's own shard (tensor parallel)
+            storage = local_part(t).untyped_storage()
+            key = storage.data_ptr()
         except (RuntimeError, NotImplementedError):
             return t  # a tensor without plain storage (sparse, nested): not counted
-        key = storage.data_ptr()
         if key not in self._excluded and key not in self._seen:
             self._seen.add(key)
             owner = next((n for n in reversed(self._stack) if n), OUTSIDE)
@@ -82,8 +88,9 @@ def _tensor_bytes(tensors) -> int:
 
 def memory_breakdown(model: nn.Module, optimizer_state: dict, saved_activation_bytes: int) -> dict:
     """Bytes of parameters, their gradients (as materialised in backward), optimizer state, activations."""
-    params = [p for p in model.parameters()]
-    state = [v for s in optimizer_state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    params = [local_part(p) for p in model.parameters()]      # this rank's shards, if sharded
+    state = [local_part(v) for s in optimizer_state.values() for v in s.values()
+             if isinstance(v, torch.Tensor)]
     return {
         "param_bytes": _tensor_bytes(params),
         "grad_bytes": sum(p.numel() * p.element_size() for p in params if p.requires_grad),

@@ -157,11 +157,14 @@ def test_a_parameter_server_trains_and_its_link_carries_2_n_minus_1_gradients(tm
     assert s["wire_bytes_per_rank"] == 2 * payload              # a worker: M up, M down
 
 
-def test_a_killed_rank_fails_the_run_naming_it_and_leaves_no_process(tmp_path):
+# pp: rank 0 waits on a send from the killed stage, not in a collective
+@pytest.mark.parametrize("mode", [(), ("--parallel", "pp", "--layers", "2")],
+                         ids=["ddp", "pp"])
+def test_a_killed_rank_fails_the_run_naming_it_and_leaves_no_process(tmp_path, mode):
     runs = tmp_path / "runs"
     proc = psutil.Popen([sys.executable, "-m", "lsml_tui.tui.cli", "--headless", "--no-progress",
-                         *SMALL, "--workers", "2", "--steps", "1000000", "--sample-every", "10",
-                         "--dist-timeout", "30", "--runs-dir", str(runs)],
+                         *SMALL, *mode, "--workers", "2", "--steps", "1000000",
+                         "--sample-every", "10", "--dist-timeout", "30", "--runs-dir", str(runs)],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     family, victim = [], None
     try:

@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+
 from lsml_tui.profilers import comm
 from lsml_tui.trainer.config import RunConfig
 from lsml_tui.trainer.validate import resolve
@@ -77,3 +79,30 @@ def test_a_watched_ddp_scripts_panel_shows_data_forward_wait_and_the_rest():
     assert slow.count("█") == round(BAR * 60 / 75) and "slowest" in slow
     assert "█ data+forward ▓ backward, all-reduce, update ░ wait" in text
     assert "global batch 16" in text and "M " not in text and "algbw" not in text
+
+
+def test_a_pipeline_panel_shows_what_each_rank_holds_sends_and_idles_beside_the_formulas():
+    from lsml_tui.tui.panels.distributed import render
+    rows = [dict.fromkeys(comm.FIELDS, 0.0) for _ in range(2)]
+    # each stage computes 80 ms of a pipeline whose longest span is 100 ms: 1 - 80/100 = 20%
+    rows[0].update(compute_s=0.080, exposed_s=0.020, step_s=0.1, pipeline_s=0.100,
+                   param_bytes=2112, grad_bytes=2112, optimizer_state_bytes=4232,
+                   send_recv_bytes=8192.0, send_recv_s=0.003)
+    rows[1].update(compute_s=0.080, exposed_s=0.010, step_s=0.1, pipeline_s=0.090,
+                   param_bytes=1768, grad_bytes=1768, optimizer_state_bytes=3552,
+                   send_recv_bytes=8192.0, send_recv_s=0.001)
+    ranks = comm.ranks_breakdown(rows)
+    assert [r["bubble_fraction"] for r in ranks] == [pytest.approx(0.2)] * 2
+    s = DistSample(9, 2, "allreduce", ranks, slowest=0, spread_s=0.0, predicted_step_s=None,
+                   payload_bytes=0, wire_bytes_per_rank=None, busiest_link_bytes=None,
+                   algbw=None, busbw=None, noise_scale=None, global_batch=128,
+                   replicas_agree=None, parallel="pp", param_predicted=(2112 + 1768) / 2,
+                   grad_predicted=(2112 + 1768) / 2, optimizer_state_predicted=3892,
+                   bubble_predicted=1 / 5, comm_predicted=[8192, 8192])
+    text = render(s).plain
+    assert "r0 params 2.06 KiB grads 2.06 KiB opt 4.13 KiB" in text       # 2112 B, 4232 B
+    assert "formula pp: params 1.89 KiB grads 1.89 KiB opt 3.8 KiB" in text   # 1940, 3892 B
+    assert "r1 sent 8 KiB (formula 8 KiB): send-recv 8 KiB 1 ms" in text    # 0.001 s in calls
+    # m = 4 microbatches on p = 2 stages: (2-1)/(4+2-1) = 20%
+    assert "bubble r0 20%  r1 20% vs (p-1)/(m+p-1) = 20%" in text
+    assert "replicas differ" not in text and "noise scale" not in text

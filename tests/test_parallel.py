@@ -1,17 +1,26 @@
 """Model parallelism on real torch.distributed ranks (gloo, 2 ranks): --parallel zero1 trains
-as DDP does, with each rank holding its shard of the optimizer state."""
+as DDP does, with each rank holding its shard of the optimizer state; fsdp trains as one
+process at the global batch with parameters, gradients and optimizer state split."""
 
+import json
 import os
 
 import pytest
+import torch
 
 from lsml_tui.trainer import commands as C
-from lsml_tui.trainer.events import CommandApplied, CommandRefused, RunFinished, StepMetrics
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.specs import PARALLEL, SPLITS
+from lsml_tui.trainer.parallel.world import data_seed
+from lsml_tui.trainer.validate import resolve
+from lsml_tui.tui.format import nbytes
+from lsml_tui.trainer.events import (CommandApplied, CommandRefused, RunFinished, StepMetrics,
+                                     TraceCaptured)
 from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.bridge import TrainerBridge
 from tests.conftest import run_cli, run_json
 from tests.test_distributed import SMALL, dist_samples, none_alive, waiter
-from tests.test_trainer import quick
+from tests.test_trainer import quick, run_with
 
 
 def losses(run_dir):
@@ -41,6 +50,14 @@ def test_zero1_trains_as_ddp_with_the_optimizer_state_split_across_ranks(tmp_pat
     sample = dist_samples(zero["run_dir"])[-1]
     assert sample["parallel"] == "zero1"
     assert [r["optimizer_state_bytes"] for r in sample["ranks"]] == shards
+    # bytes sent a step: DDP's ring all-reduce of M = 4 x 698 gradient bytes, 2(2-1)/2 x M
+    m = 4 * params
+    assert [r["comm_bytes"] for r in ddp["ranks"]] == [m] * 2 and ddp["comm_predicted"] == [m] * 2
+    # ZeRO-1 as torch builds it: that all-reduce, then each rank broadcasts what it updated
+    # to the other, (2-1) x its share: M in all, uneven like the shards
+    assert [r["collectives"]["all_reduce"]["bytes"] for r in zero["ranks"]] == [m] * 2
+    assert sum(r["collectives"]["broadcast"]["bytes"] for r in zero["ranks"]) == m
+    assert zero["comm_predicted"] == [3 * m / 2] * 2                # 3(N-1)/N x M
 
 
 def test_zero1_needs_ranks_and_an_optimizer_it_can_shard():
@@ -50,31 +67,322 @@ def test_zero1_needs_ranks_and_an_optimizer_it_can_shard():
                    "--optimizer", "muon")
     assert muon.returncode == 2 and "--optimizer muon" in muon.stderr and "adamw" in muon.stderr
     bad = run_cli("--headless", *SMALL, "--parallel", "zero3", "--workers", "2")
-    assert bad.returncode == 2 and "'zero3' is not one of: ddp, zero1" in bad.stderr
+    assert bad.returncode == 2 and f"'zero3' is not one of: {', '.join(PARALLEL)}" in bad.stderr
 
 
-def test_zero1_takes_the_lr_on_every_rank_and_refuses_an_optimizer_switch(tmp_path):
-    cfg = quick(tmp_path, workers=2, steps=10**6, sample_every=10, device="cpu",
-                parallel="zero1")
+@pytest.mark.parametrize("mode", ["zero1", "fsdp", "tp", "pp"])
+def test_commands_reach_every_rank_and_switches_are_refused_with_the_reason(tmp_path, mode):
+    cfg = quick(tmp_path, workers=2, steps=10**6, sample_every=10, snapshot_every=10,
+                device="cpu", parallel=mode, layers=2 if mode == "pp" else 1)   # 2 stages
     bridge = TrainerBridge(cfg).start()
     family, events = [], []
     wait = waiter(bridge, family, events)
+
+    def answered(cmd):
+        name = C.describe(cmd)
+        return [e for e in events if isinstance(e, (CommandApplied, CommandRefused))
+                and e.command == name]
     try:
         wait(lambda: any(isinstance(e, StepMetrics) and e.step > 20 for e in events), "steps")
-        bridge.send(C.SetOptimizer("momentum"))
-        wait(lambda: any(isinstance(e, CommandRefused) for e in events), "the refusal")
-        bridge.send(C.SetLR(0.01))
-        wait(lambda: any(isinstance(e, CommandApplied) for e in events), "the lr")
-        applied = next(e for e in events if isinstance(e, CommandApplied))
-        wait(lambda: any(isinstance(e, StepMetrics) and e.step > applied.step + 20
-                         for e in events), "steps after the lr")
+        plan = [C.SetOptimizer("momentum"), C.SetNorm("layer"), C.SetLR(0.01), C.SetClip(0.5),
+                C.Pause(), C.SingleStep(), C.Resume(), C.Rewind(), C.CaptureTrace(2)]
+        for cmd in plan:
+            bridge.send(cmd)
+            wait(lambda: answered(cmd), C.describe(cmd))
+        wait(lambda: any(isinstance(e, TraceCaptured) for e in events), "the trace")
+        rewound = answered(C.Rewind())[0]
+        wait(lambda: any(isinstance(e, StepMetrics) and e.step > rewound.step + 10
+                         for e in events), "steps after the rewind")
         events.extend(bridge.stop(timeout=60))
     finally:
         bridge.stop(timeout=5)
         assert none_alive([p for p in family if p.pid != os.getpid()]), "a rank was left"
-    refused = next(e for e in events if isinstance(e, CommandRefused))
-    assert "shards the optimizer state" in refused.reason
-    after = [e.lr for e in events if isinstance(e, StepMetrics) and e.step >= applied.step]
+    refused = [e for e in events if isinstance(e, CommandRefused)]
+    assert [e.command for e in refused] == [C.describe(plan[0]), C.describe(plan[1])]
+    assert all(f"--parallel {mode} {SPLITS[mode]} across ranks" in e.reason for e in refused)
+    applied = [e for e in events if isinstance(e, CommandApplied)]
+    assert [e.command for e in applied] == [C.describe(c) for c in plan[2:]] + ["stop"]
+    after = [e.lr for e in events if isinstance(e, StepMetrics) and e.step >= applied[0].step]
     assert after and set(after) == {0.01}
     finished, = [e for e in events if isinstance(e, RunFinished)]
-    assert finished.summary["replicas_identical"] is True      # every rank took the lr
+    assert finished.status == "interrupted"
+    with open_run(finished.summary["run_dir"]) as r:
+        steps = r.steps()
+    assert steps["step"] == list(range(len(steps["step"])))     # nothing lost, nothing twice
+    trace, = [e for e in events if isinstance(e, TraceCaptured)]     # rank 0's profile
+    assert trace.steps == 2 and os.path.getsize(trace.path) > 0
+
+
+# an MLP whose hidden width is odd, so FSDP's dim-0 shards are uneven (padding shows)
+ODD = ("--model", "mlp", "--layers", "2", "--width", "15", "--device", "cpu")
+# its tensors' shapes (out, in): 32 inputs, 15 hidden twice, 10 classes
+SHAPES = [(15, 32), (15,), (15, 15), (15,), (10, 15), (10,)]
+
+
+def one_process_losses(tmp_path, steps: int, batch: int, ranks: int = 2, **overrides):
+    """One process at `ranks` x `batch` examples a step: rank 0's batch, then rank 1's, as
+    the ranks of a data-parallel run draw them."""
+    def same_examples(trainer):
+        gens = [torch.Generator().manual_seed(data_seed(0, r)) for r in range(ranks)]
+        draw = trainer.task.batch
+
+        def batch_of(split, size, gen):
+            if split != "train":
+                return draw(split, size, gen)
+            parts = [draw(split, size // ranks, g) for g in gens]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        trainer.task.batch = batch_of
+    cfg = resolve(RunConfig(model="mlp", layers=2, width=15, device="cpu", steps=steps,
+                            val_every=10**6, profile=False, batch_size=ranks * batch,
+                            runs_dir=str(tmp_path / "one"), **overrides))
+    _, rec, _ = run_with(cfg, store=False, prepare=same_examples)
+    return [e.loss for e in rec.of(StepMetrics)]
+
+
+def rows(shape, rank: int, n: int = 2) -> int:
+    """Elements rank `rank` holds of a tensor FSDP shards on dim 0 (torch.chunk's split:
+    ceil(d0 / n) rows to each rank in turn, the last ones fewer)."""
+    per = -(-shape[0] // n)
+    mine = max(0, min(per, shape[0] - rank * per))
+    return mine * (shape[1] if len(shape) > 1 else 1)
+
+
+@pytest.mark.parametrize("reshard", ["--reshard-after-forward", "--no-reshard-after-forward"])
+def test_fsdp_trains_as_one_process_at_the_global_batch_with_every_kind_sharded(tmp_path,
+                                                                                 reshard):
+    out = run_json(*ODD, "--workers", "2", "--parallel", "fsdp", reshard, "--steps", "20",
+                   "--batch-size", "16", "--clip", "0.1", "--sample-every", "10",
+                   "--runs-dir", str(tmp_path / "fsdp"))
+    assert out["status"] == "finished" and out["parallel"] == "fsdp"
+    assert out["clip_events"] > 0               # the global norm, over both shards, clips
+    single = one_process_losses(tmp_path, 20, 16, clip=0.1)
+    assert losses(out["run_dir"]) == pytest.approx(single, rel=1e-5)
+    total = sum(rows(s, 0, 1) for s in SHAPES)
+    # 32*15+15 + 15*15+15 + 15*10+10 = 895 parameters
+    assert total == 895 and out["params"] == total
+    held = [sum(rows(s, r) for s in SHAPES) for r in (0, 1)]
+    # rank 0: 8*32+8 + 8*15+8 + 5*15+5 = 472; rank 1: 7*32+7 + 7*15+7 + 5*15+5 = 423:
+    # total / 2 = 447.5 within the padding, one row of each odd tensor (32+1+15+1 = 49)
+    assert held == [472, 423] and all(abs(h - total / 2) <= 49 / 2 for h in held)
+    ranks = out["ranks"]
+    assert [r["param_bytes"] for r in ranks] == [4 * h for h in held]          # fp32
+    assert [r["grad_bytes"] for r in ranks] == [4 * h for h in held]
+    # Adam: exp_avg and exp_avg_sq of each shard (2 x 4 bytes) and a 4-byte step per tensor
+    assert [r["optimizer_state_bytes"] for r in ranks] == [8 * h + 4 * 6 for h in held]
+    assert out["replicas_identical"] is None        # no rank holds a replica to compare
+    # an all-gather of the parameters for forward, again for backward when resharded, and a
+    # reduce-scatter of the gradients: (N-1)/N x M each, M = 4 x 895 = 3580 bytes
+    passes = 3 if reshard == "--reshard-after-forward" else 2
+    assert out["comm_predicted"] == [passes * 3580 / 2] * 2         # 1.5x or 1x DDP's M
+    # measured: FSDP pads every shard to ceil(rows / 2), rank 0's size, 472 parameters, so
+    # each pass moves (2-1) x 4 x 472 = 1888 bytes a rank, not 1790
+    for r in ranks:
+        assert r["comm_bytes"] == passes * 1888
+        assert r["collectives"]["reduce_scatter"]["bytes"] == 1888
+
+
+def test_fsdp_refuses_what_it_cannot_shard():
+    ddp = run_cli("--headless", *SMALL, "--workers", "2", "--no-reshard-after-forward")
+    assert ddp.returncode == 2 and "applies to --parallel fsdp" in ddp.stderr
+    muon = run_cli("--headless", *SMALL, "--parallel", "fsdp", "--workers", "2",
+                   "--optimizer", "muon")
+    assert muon.returncode == 2 and "--optimizer muon" in muon.stderr
+    fp16 = run_cli("--headless", *SMALL, "--parallel", "fsdp", "--workers", "2",
+                   "--precision", "fp16")
+    assert fp16.returncode == 2 and "use bf16 or fp32" in fp16.stderr
+
+
+# (flags, Linear layers tp splits: (rows, cols, bias split) as nn.Linear stores them)
+D = 16                  # d_model / width of the tp runs
+TP = {
+    # per block: qkv (3D, D) and fc (4D, D) column-parallel, weight and bias split; attn.proj
+    # (D, D) and mlp.proj (D, 4D) row-parallel, weight split, bias whole
+    "transformer": (("--model", "transformer", "--layers", "2", "--width", str(D), "--heads",
+                     "2", "--seq-len", "16", "--batch-size", "8"),
+                    2 * [(3 * D, D, True), (D, D, False), (4 * D, D, True), (D, 4 * D, False)]),
+    # column, row, column, then the head row-parallel (3 hidden layers: an odd one out)
+    "mlp": (("--model", "mlp", "--layers", "3", "--width", str(D)),
+            [(D, 32, True), (D, D, False), (D, D, True), (10, D, False)]),
+}
+
+
+@pytest.mark.parametrize("family", list(TP))
+def test_tp_trains_as_one_process_with_its_split_layers_half_size(tmp_path, family):
+    flags, split = TP[family]
+    out = run_json(*flags, "--device", "cpu", "--workers", "2", "--parallel", "tp",
+                   "--steps", "15", "--sample-every", "5", "--runs-dir", str(tmp_path / "tp"))
+    assert out["status"] == "finished" and out["parallel"] == "tp"
+    # every rank the same batch: --batch-size 8, the MLP's default 128
+    assert out["global_batch"] == {"transformer": 8, "mlp": 128}[family]
+    # every rank sees the batch one process would: the same losses, step by step
+    values = {k.lstrip("-").replace("-", "_"): v for k, v in zip(flags[::2], flags[1::2])}
+    cfg = resolve(RunConfig(**{k: v if k == "model" else int(v) for k, v in values.items()},
+                            device="cpu", steps=15, sample_every=5,
+                            runs_dir=str(tmp_path / "one")))
+    _, rec, _ = run_with(cfg, store=False)
+    assert losses(out["run_dir"]) == pytest.approx([e.loss for e in rec.of(StepMetrics)],
+                                                   rel=1e-5)
+    # each rank holds half of every split tensor and the rest whole
+    halved = sum(rows * cols + (rows if bias else 0) for rows, cols, bias in split) // 2
+    # transformer: 2 x ((3*16*16 + 48) + 16*16 + (4*16*16 + 64) + 16*64) / 2 = 3184;
+    # mlp: ((16*32 + 16) + 16*16 + (16*16 + 16) + 10*16) / 2 = 608
+    assert halved == {"transformer": 3184, "mlp": 608}[family]
+    total = out["params"]
+    assert [r["param_bytes"] for r in out["ranks"]] == [4 * (total - halved)] * 2
+    assert [r["grad_bytes"] for r in out["ranks"]] == [4 * (total - halved)] * 2
+    assert out["replicas_identical"] is True        # the whole layers agree on both ranks
+    # Megatron: each row-parallel layer all-reduces its output in forward, each column-
+    # parallel one its input's gradient in backward (not the MLP's first, fed by the data);
+    # 2(2-1)/2 x the bytes each. Transformer: 4 per block of B x T x C = 8 x 16 x 16 floats,
+    # 4 x 2 x 2048 x 4 = 65536; MLP (B = 128): forward blocks.1 (16) and the head (10),
+    # backward blocks.2 (16): 128 x (16 + 10 + 16) x 4 = 21504
+    sent = {"transformer": 65536, "mlp": 21504}[family]
+    assert out["comm_predicted"] == [sent] * 2
+    assert [r["comm_bytes"] for r in out["ranks"]] == [sent] * 2
+    assert [set(r["collectives"]) for r in out["ranks"]] == [{"all_reduce"}] * 2
+
+
+def test_tp_is_refused_where_it_cannot_split():
+    cases = {("--model", "cnn"): "applies to --model transformer or mlp",
+             ("--model", "transformer", "--heads", "3", "--width", "12"):
+                 "--heads 3 must be divisible by --workers 2",
+             ("--model", "mlp", "--width", "15"): "--width 15 must be divisible by --workers 2",
+             ("--model", "mlp", "--norm", "layer"): "needs --norm none"}
+    for flags, why in cases.items():
+        proc = run_cli("--headless", *flags, "--device", "cpu", "--workers", "2",
+                       "--parallel", "tp")
+        assert proc.returncode == 2 and why in proc.stderr, (flags, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def one_process(tmp_path, flags, steps: int) -> tuple[list[float], float]:
+    """The losses and last validation loss of one process with the run flags `flags`."""
+    values = {k.lstrip("-").replace("-", "_"): v for k, v in zip(flags[::2], flags[1::2])}
+    cfg = resolve(RunConfig(**{k: v if k == "model" else int(v) for k, v in values.items()},
+                            device="cpu", steps=steps, runs_dir=str(tmp_path / "one")))
+    trainer, rec, _ = run_with(cfg, store=False)
+    return [e.loss for e in rec.of(StepMetrics)], trainer.last_val_loss
+
+
+PP = {  # (flags, schedule, microbatches, what each stage holds)
+    # 2 blocks on 2 stages: stage 0 the embeddings and block 0, stage 1 block 1, norm, head
+    "transformer": (TP["transformer"][0], "gpipe", "4"),
+    # stage 0: blocks.0.fc (16 x 32 + 16 = 528); stage 1: blocks.1.fc (16 x 16 + 16) and the
+    # head (10 x 16 + 10): 272 + 170 = 442
+    "mlp": (("--model", "mlp", "--layers", "2", "--width", "16", "--batch-size", "32"),
+            "1f1b", "2"),
+}
+
+
+@pytest.mark.parametrize("family", list(PP))
+def test_pp_trains_as_one_process_each_stage_holding_its_blocks(tmp_path, family):
+    flags, schedule, m = PP[family]
+    out = run_json(*flags, "--device", "cpu", "--workers", "2", "--parallel", "pp",
+                   "--pipeline-schedule", schedule, "--microbatches", m, "--steps", "15",
+                   "--sample-every", "5", "--runs-dir", str(tmp_path / "pp"))
+    assert out["status"] == "finished" and out["parallel"] == "pp"
+    # the mean of the microbatches' mean losses, their gradients averaged: one batch's step
+    train, val = one_process(tmp_path, flags, 15)
+    assert losses(out["run_dir"]) == pytest.approx(train, rel=1e-5)
+    assert out["final_val_loss"] == pytest.approx(val, rel=1e-5)    # through both stages
+    held = [r["param_bytes"] // 4 for r in out["ranks"]]
+    assert sum(held) == out["params"]                   # every parameter on exactly one stage
+    if family == "mlp":
+        assert held == [528, 442]
+    assert out["replicas_identical"] is None and out["bubble_predicted"] == 1 / (int(m) + 1)
+    # the boundary carries the batch's activations forward (stage 0 sends them) and their
+    # gradients back (stage 1 sends those): transformer 8 x 16 x 16 x 4 = 8192 bytes,
+    # MLP 32 x 16 x 4 = 2048
+    sent = {"transformer": 8192, "mlp": 2048}[family]
+    assert out["comm_predicted"] == [sent] * 2
+    assert [r["collectives"]["send_recv"]["bytes"] for r in out["ranks"]] == [sent] * 2
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_the_measured_pp_bubble_is_the_formulas_when_stages_are_equal(tmp_path, m):
+    """(p-1)/(m+p-1) assumes equal stages and free communication. Every stage here sleeps
+    40 ms before each microbatch's backward (--straggle), so the stages are equal and that
+    time dominates their work (a forward of the 16-wide MLP and a send between stages take
+    about a millisecond). What is left over, the sends and a loaded machine's scheduling,
+    only adds idle time: the tolerance, 0.06, is several such milliseconds per step."""
+    out = run_json("--model", "mlp", "--layers", "2", "--width", "16", "--batch-size", "16",
+                   "--device", "cpu", "--workers", "2", "--parallel", "pp", "--microbatches",
+                   str(m), "--straggle", "rank0:40ms,rank1:40ms", "--steps", "9",
+                   "--sample-every", "2", "--runs-dir", str(tmp_path / "pp"))
+    predicted = (2 - 1) / (m + 2 - 1)                   # m=1: 1/2; m=4: 1/5
+    assert out["bubble_predicted"] == pytest.approx(predicted)
+    for rank in out["ranks"]:
+        assert predicted - 0.02 <= rank["bubble_fraction"] <= predicted + 0.06, rank
+
+
+def test_pp_is_refused_where_it_cannot_cut_the_model():
+    cases = {("--model", "cnn"): "applies to --model transformer or mlp",
+             ("--model", "mlp", "--layers", "1"): "--layers 1 is fewer",
+             ("--model", "mlp", "--batch-size", "10", "--microbatches", "4"):
+                 "--microbatches 4 must divide --batch-size 10: allowed 1, 2, 5, 10",
+             ("--model", "mlp", "--microbatches", "1", "--pipeline-schedule", "1f1b"):
+                 "1f1b needs --microbatches >= the stages",
+             ("--model", "mlp", "--pipeline-schedule", "zb"): "is not one of: gpipe, 1f1b"}
+    for flags, why in cases.items():
+        proc = run_cli("--headless", *flags, "--device", "cpu", "--workers", "2",
+                       "--parallel", "pp")
+        assert proc.returncode == 2 and why in proc.stderr, (flags, proc.stderr)
+    ddp = run_cli("--headless", *SMALL, "--workers", "2", "--microbatches", "2")
+    assert ddp.returncode == 2 and "--microbatches applies to --parallel pp" in ddp.stderr
+
+
+def test_a_comparison_report_puts_each_modes_ranks_beside_their_formulas(tmp_path):
+    from lsml_tui.tui.report import write_reports
+    runs = tmp_path / "runs"
+    outs = {mode: run_json("--model", "mlp", "--layers", "2", "--width", "16", "--device", "cpu",
+                           "--workers", "2", "--parallel", mode, "--steps", "8",
+                           "--sample-every", "4", "--runs-dir", str(runs))
+            for mode in ("ddp", "fsdp", "pp")}
+    paths = write_reports([o["run_dir"] for o in outs.values()], ["json", "md", "html"], tmp_path)
+    report = json.loads(next(p for p in paths if p.suffix == ".json").read_text())
+    for run, (mode, out) in zip(report["runs"], outs.items()):
+        held = run["distributed"]["held"]
+        assert run["distributed"]["parallel"] == mode
+        # what the report says each rank held and sent is what the run's summary said
+        assert [r["param_bytes"] for r in held["ranks"]] == [r["param_bytes"] for r in out["ranks"]]
+        assert [r["comm_bytes"] for r in held["ranks"]] == [r["comm_bytes"] for r in out["ranks"]]
+        assert [r["comm_predicted"] for r in held["ranks"]] == out["comm_predicted"]
+    # 970 parameters, 4 bytes each: a whole replica under ddp, half of it under fsdp
+    assert report["runs"][0]["distributed"]["held"]["param_predicted"] == 4 * 970
+    assert report["runs"][1]["distributed"]["held"]["param_predicted"] == 4 * 970 / 2
+    markdown = next(p for p in paths if p.suffix == ".md").read_text()
+    assert markdown.count("# Per rank: memory, communication, bubble") == 3
+    assert "(p-1)/(m+p-1) = 20.0%" in markdown            # pp, 4 microbatches on 2 stages
+    assert "| parallel | ddp | fsdp | pp |" in markdown    # the comparison, side by side
+    # the largest rank holds params + grads + Adam's two moments: 4 x (1 + 1 + 2) bytes a
+    # parameter plus a 4-byte step per tensor; ddp: 970 parameters in 6 tensors
+    assert f"| held per rank, largest | {nbytes(16 * 970 + 4 * 6)} |" in markdown
+    html = next(p for p in paths if p.suffix == ".html").read_text()
+    assert '<figure aria-label="Memory per rank"><svg' in html
+
+
+def test_torchrun_ranks_run_a_pipeline_as_one_run(tmp_path):
+    import subprocess
+    import sys
+    from lsml_tui.trainer.store.reader import list_runs
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", "-m", "lsml_tui.tui.cli", "--headless",
+                           "--json", "--no-progress", "--model", "mlp", "--layers", "2",
+                           "--width", "16", "--device", "cpu", "--parallel", "pp",
+                           "--steps", "10", "--runs-dir", str(runs)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run, = list_runs(runs)                          # rank 0 records, the one run
+    assert run.status == "finished" and run.steps == 10
+    assert run.summary["parallel"] == "pp" and run.summary["world_size"] == 2
+
+
+def test_lr_find_ramps_one_process_at_each_modes_global_batch():
+    from lsml_tui.trainer.tuning.lr_find import ramp_config
+    for mode, batch in (("fsdp", 2 * 16), ("tp", 16), ("pp", 16)):   # data parallel: N x B
+        cfg = resolve(RunConfig(model="mlp", layers=2, width=16, workers=2, device="cpu",
+                                batch_size=16, parallel=mode))
+        ramp = ramp_config(cfg, 10)
+        assert (ramp.workers, ramp.parallel, ramp.batch_size) == (1, "ddp", batch)
+        assert resolve(ramp).microbatches is None       # a valid one-process config

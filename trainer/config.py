@@ -109,9 +109,21 @@ class RunConfig:
     workers: int = _f(1, "data-parallel ranks on this machine (torch.distributed: gloo on "
                          "CPU, NCCL on CUDA); --batch-size is per rank", "int")
     sync: str = _f("allreduce", "how ranks combine gradients: " + ", ".join(specs.SYNCS), "str")
-    parallel: str = _f("ddp", "how ranks split the work: ddp (every rank holds everything) or "
+    parallel: str = _f("ddp", "how ranks split the work: ddp (every rank holds everything), "
                               "zero1 (DDP with the optimizer state sharded across ranks, "
-                              "ZeroRedundancyOptimizer)", "str")
+                              "ZeroRedundancyOptimizer), fsdp (parameters, gradients and "
+                              "optimizer state sharded, FSDP2 fully_shard: ZeRO-3), tp "
+                              "(Megatron's tensor parallel: attention by heads, the MLP column "
+                              "then row) or pp (the blocks split into N pipeline stages)", "str")
+    microbatches: int | None = _f(None, "pp: microbatches per step (default 4); must divide "
+                                  "--batch-size", "int")
+    pipeline_schedule: str | None = _f(None, "pp: " + ", ".join(specs.PIPELINE_SCHEDULES) +
+                                       " (default gpipe; 1f1b holds at most N microbatches' "
+                                       "activations)", "str")
+    reshard_after_forward: bool | None = _f(None, "fsdp: free each block's gathered weights "
+                                            "after its forward and gather them again for "
+                                            "backward (default; ZeRO-3), or keep them "
+                                            "(--no-reshard-after-forward, ZeRO-2-like)", "bool")
     straggle: str | None = _f(None, "injected delays before each backward: exp:20ms (every "
                                     "rank, Exp-distributed), rank1:50ms (one slow rank); "
                                     "comma-separated", "str")

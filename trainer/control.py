@@ -100,9 +100,9 @@ class Controls(RunControls):
     def _change(self, cmd: C.Command) -> tuple[str, dict]:
         """Apply one command; return (detail, changes) or raise ConfigError with the reason."""
         if self.dp.sharded and isinstance(cmd, (C.SetOptimizer, C.SetNorm)):
-            raise ConfigError(f"--parallel {self.cfg.parallel} shards the optimizer state "
-                              f"across ranks: a live optimizer or norm switch would rebuild it "
-                              f"on every rank; restart the run with the new setting")
+            raise ConfigError(f"--parallel {self.cfg.parallel} {specs.SPLITS[self.cfg.parallel]} "
+                              f"across ranks: a live optimizer or norm switch would rebuild "
+                              f"them on every rank; restart the run with the new setting")
         common = self.run_control(cmd)
         if common is not None:
             return common

@@ -169,9 +169,15 @@ class DistSample:
     busbw: float | None             # algbw scaled by the algorithm's link factor
     noise_scale: float | None       # B_simple = tr(Sigma) / |G|^2 (EMA estimates)
     global_batch: int
-    replicas_agree: bool            # every rank's weights sum to the same float64
-    parallel: str = "ddp"           # ddp | zero1: what the ranks shard (--parallel)
-    optimizer_state_predicted: float | None = None  # bytes per rank: total / N under zero1
+    replicas_agree: bool | None     # every rank's weights sum to the same float64 (None:
+                                    # no rank holds a replica, fsdp and pp)
+    parallel: str = "ddp"           # ddp | zero1 | fsdp | tp | pp (--parallel)
+    # bytes per rank by ZeRO's formula: a replica's, / N for what the mode shards
+    optimizer_state_predicted: float | None = None
+    param_predicted: float | None = None
+    grad_predicted: float | None = None
+    bubble_predicted: float | None = None   # pp: (p-1)/(m+p-1)
+    comm_predicted: list | None = None      # bytes each rank sends a step, by the formula
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import queue
 import time
 import traceback
 from collections import deque
+from contextlib import nullcontext
 
 import torch
 
@@ -18,7 +19,7 @@ from lsml_tui.trainer.data import build_task
 from lsml_tui.trainer.device import make_deterministic, resolve_device
 from lsml_tui.trainer.events import (Coalescer, RecordingProblem, RunFailed, RunStarted, TraceCaptured)
 from lsml_tui.trainer.faults import FaultPolicy
-from lsml_tui.trainer.guard import Guard, ReadBack, grad_norms
+from lsml_tui.trainer.guard import Guard, ReadBack
 from lsml_tui.trainer.models import build_model, num_params
 from lsml_tui.trainer.optim.averaging import WeightAverage
 from lsml_tui.trainer.optim.optimizers import build_optimizer
@@ -59,6 +60,7 @@ class Trainer(Recording, Controls, FaultPolicy):
         self.precision = Precision(cfg.precision, self.device)
         if self.task.dtype == torch.float64 and self.precision.mode == "fp32":
             self.precision.mode = "fp64"    # --model linear: float64 weights and data
+        self.num_params = num_params(self.model)    # the whole model's (pp keeps one stage)
         self._wrap()
         self._index_params()
         self.optimizer_name, self.norm = cfg.optimizer, cfg.norm
@@ -69,7 +71,7 @@ class Trainer(Recording, Controls, FaultPolicy):
                                                        cfg.weight_decay, self.hparams))
         # batches are drawn where they are used: on a GPU, nothing is copied from the host
         self.gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        self.gen = torch.Generator(self.gen_device).manual_seed(data_seed(cfg.seed, self.dp.rank))
+        self.gen = torch.Generator(self.gen_device).manual_seed(data_seed(cfg.seed, self.dp.data_rank))
         self.guard = Guard(self.device)
         self.average = WeightAverage(self.model, cfg.average) if cfg.average else None
         self.sharpness = SharpnessWatch(self, cfg.sharpness_every) if cfg.sharpness_every else None
@@ -131,7 +133,7 @@ class Trainer(Recording, Controls, FaultPolicy):
         """Train until the step budget, a stop, divergence or an error; return the summary."""
         cfg = self.cfg
         self.emit(RunStarted(0, self.store.run_id if self.store else "", str(self.store.run_dir)
-                              if self.store else "", cfg.to_dict(), num_params(self.model),
+                              if self.store else "", cfg.to_dict(), self.num_params,
                               str(self.device), self.precision.mode))
         if self.theory is not None:
             self.emit_sample(self.theory.predict(self))
@@ -144,7 +146,7 @@ class Trainer(Recording, Controls, FaultPolicy):
                         break
                     if self.step >= cfg.steps:              # (or it went back to a bad step)
                         self.status = "finished"
-                        if self.step % cfg.val_every and self.dp.recorder:
+                        if self.step % cfg.val_every and self.dp.validates:
                             self.validate()
                         break
                 self.drain_commands()
@@ -173,7 +175,7 @@ class Trainer(Recording, Controls, FaultPolicy):
         if self.status != "failed":             # every rank got here at the same step
             self.dp.finish(self)
         if self.cfg.restore_best and self.status in ("finished", "interrupted") \
-                and self.dp.recorder:
+                and self.dp.validates:
             self.restore_best()
         return self.record_end(sampler)
 
@@ -188,7 +190,7 @@ class Trainer(Recording, Controls, FaultPolicy):
         self._train_step()
         ok = self.settle()
         self._single_step = False
-        if ok and self.step != before and self.step % self.cfg.val_every == 0 and self.dp.recorder:
+        if ok and self.step != before and self.step % self.cfg.val_every == 0 and self.dp.validates:
             self.validate()
         due = lambda watch: ok and watch and self.step != before and self.step % watch.every == 0  # noqa: E731
         if due(self.sharpness):
@@ -214,20 +216,26 @@ class Trainer(Recording, Controls, FaultPolicy):
         x, y = self.task.batch("train", self.cfg.batch_size, self.gen)
         probe.mark("data")
         net = self.net if probe.eager else self.fast        # hooks need the eager module
-        with probe.counting(x):                             # FLOPs, once per model shape
+        # FLOPs, once per model shape (not through a pipeline schedule: the counter's module
+        # hooks break its autograd.grad backward)
+        with nullcontext() if self.dp.pipelined else probe.counting(x):
             with probe.saving(), self.precision.autocast():  # saved activations, sampled
-                loss = self.task.loss(net(x), y)
+                if self.dp.pipelined:               # --parallel pp: the schedule runs both
+                    loss = self.dp.forward_backward(x, y, self.task.loss)
+                else:
+                    loss = self.task.loss(net(x), y)
             probe.end_forward()
             probe.mark("forward")
-            self.dp.before_backward()                       # an injected straggler delay
-            self.precision.backward(loss)                   # DDP averages gradients here
+            if not self.dp.pipelined:
+                self.dp.before_backward()                   # an injected straggler delay
+                self.precision.backward(loss)               # DDP averages gradients here
         probe.mark("backward")
         self.precision.unscale(self.optimizer)              # fp16: gradients at true scale
         if self.svrg is not None:                           # the variance-reduced gradient
             self.svrg.correct(self.model, self.step, x, y, self.precision.autocast)
-        per_param, norm = grad_norms(self.params)           # global L2 norm, pre-clip
+        per_param, norm = self.dp.grad_norms(self.params)   # global L2 norm, pre-clip
         probe.after_backward(per_param)
-        grads = [p.grad for p in self.params if p.grad is not None]
+        grads = self.dp.local_grads(self.params)
         extra = [self.theory.distance()] if self.theory is not None else []
         if extra and self.average is not None:              # the average before this update
             extra.append(self.theory.distance(self.average.model))
@@ -237,7 +245,9 @@ class Trainer(Recording, Controls, FaultPolicy):
         else:   # read now (free on CPU); with N ranks the loss is their mean, every rank alike
             loss_v, norm_v = self.dp.read_back(loss, norm)
             values = [loss_v, norm_v, *(float(e) for e in extra)]
-            if not math.isfinite(loss_v):                   # finite gradients or not: skip
+            # finite gradients or not: skip; a non-finite global norm too (one rank's shard
+            # of a NaN gradient must stop every rank's update, not only its own)
+            if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
                 self.guard.found_inf.fill_(1.0)
             if norm.dtype == torch.float32:                 # known: no tensor math needed
                 self.guard.clip_read(grads, norm_v, self.clip)

@@ -18,7 +18,6 @@ import torch
 from lsml_tui.trainer.commands import Stop
 from lsml_tui.trainer.events import (AveragedVal, ClipEvent, Notice, Overfitting, RunFinished,
                                      StepMetrics, SystemSample, TheorySample, ValMetrics)
-from lsml_tui.trainer.models import num_params
 from lsml_tui.trainer.optim.optimizers import evaluating
 
 
@@ -120,6 +119,10 @@ class Recording(Recorder):
     def val_loss(self, model: torch.nn.Module) -> float:
         """Mean loss of `model` on the validation batches (the same batches every time)."""
         model.eval()  # back to train() below; not per step: it walks every module
+        if self.dp.pipelined and model is self.model:     # through every stage
+            loss = self.dp.val_loss(self)
+            model.train()
+            return loss
         gen = torch.Generator(self.gen_device).manual_seed(self.cfg.seed + 1)
         with self.precision.autocast():
             losses = [self.task.loss(model(x), y)
@@ -162,7 +165,7 @@ class Recording(Recorder):
             "run_dir": str(self.store.run_dir) if self.store else None,
             "status": self.status,
             "steps": self.step,
-            "params": num_params(self.model),
+            "params": self.num_params,
             "device": str(self.device),
             "precision": self.precision.mode,
             "compile": self.cfg.compile,

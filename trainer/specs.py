@@ -13,8 +13,18 @@ ON_DIVERGE = ("stop", "pause", "skip")     # what a non-finite loss does to the 
 # How data-parallel ranks combine gradients: DDP's ring all-reduce, a synchronous
 # parameter server (gather to rank 0, average, scatter back), DDP's compression hooks.
 SYNCS = ("allreduce", "ps", "bf16", "powersgd")
-# how the ranks split the work: ddp replicates everything; zero1 shards the optimizer state
-PARALLEL = ("ddp", "zero1")
+# how the ranks split the work: ddp replicates everything; zero1 shards the optimizer state;
+# fsdp shards parameters, gradients and optimizer state (ZeRO-3); tp splits layers (Megatron);
+# pp splits the blocks into stages (a pipeline of microbatches)
+PARALLEL = ("ddp", "zero1", "fsdp", "tp", "pp")
+PIPELINE_SCHEDULES = ("gpipe", "1f1b")
+MICROBATCHES = 4            # --microbatches under pp by default
+SPLIT_MODEL = ("tp", "pp")              # modes in which no rank runs the whole model
+SPLITS = {"zero1": "shards the optimizer state", "fsdp": "shards the parameters, gradients "
+          "and optimizer state", "tp": "splits the layers' weights", "pp": "splits the blocks "
+          "into stages"}        # what each mode splits (why a live switch is refused)
+TENSOR_PARALLEL = ("transformer", "mlp")    # families tp knows how to split
+PIPELINE = ("transformer", "mlp")           # families pp cuts into stages of blocks
 # optimizers ZeRO cannot shard, and why
 UNSHARDABLE = {"muon": "it is two optimizers in one (Muon and AdamW)",
                "svrg": "its snapshot gradient is per rank",

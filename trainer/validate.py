@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lsml_tui.trainer import specs
 from lsml_tui.trainer.config import ConfigError, RunConfig, flag, suggest
+from lsml_tui.trainer.validate_parallel import check_parallel
 
 
 def _one_of(name: str, value, allowed) -> None:
@@ -157,18 +158,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.device == "cpu":
         check_cores(cfg.workers, cfg.oversubscribe)
     _one_of("sync", cfg.sync, specs.SYNCS)
-    _one_of("parallel", cfg.parallel, specs.PARALLEL)
-    if cfg.parallel != "ddp":
-        if cfg.workers < 2:
-            raise ConfigError(f"--parallel {cfg.parallel} shards across ranks: it needs "
-                              f"--workers 2 or more (got {cfg.workers})")
-        if cfg.optimizer in specs.UNSHARDABLE:
-            raise ConfigError(f"--parallel {cfg.parallel} with --optimizer {cfg.optimizer}: "
-                              f"{specs.UNSHARDABLE[cfg.optimizer]}; allowed: "
-                              f"{', '.join(o for o in specs.OPTIMIZERS if o not in specs.UNSHARDABLE)}")
-        if cfg.sharpness_every is not None:
-            raise ConfigError(f"--sharpness-every with --parallel {cfg.parallel}: the "
-                              f"preconditioner it reads is sharded across ranks; use ddp")
+    fills = check_parallel(cfg, norm, batch)          # the mode's own defaults
     _one_of("precision", cfg.precision, specs.PRECISIONS)
     _one_of("compile", cfg.compile, specs.COMPILE_MODES)
     if cfg.device == "cpu" and cfg.precision == "tf32":
@@ -185,7 +175,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     restore = cfg.early_stop is not None if cfg.restore_best is None else cfg.restore_best
     return cfg.replace(norm=norm, lr=lr, weight_decay=wd, batch_size=batch, on_diverge=on_diverge,
                        warmup_steps=warmup, decay_every=decay, restore_best=restore,
-                       dropout=dropout, **hp)
+                       dropout=dropout, **hp, **fills)
 
 
 def check_regularizers(cfg: RunConfig) -> float | None:

@@ -21,10 +21,13 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x):  # (B, T, C) -> (B, T, C)
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        hs = C // self.heads                                 # head size
+        # (B, T, 3C) -> 3 x (B, T, C); under tensor parallel this rank's heads only,
+        # 3 x (B, T, C/N) (parallel/tp.py orders the qkv rows so its chunk is its heads')
+        q, k, v = self.qkv(x).chunk(3, dim=2)
+        q, k, v = (t.view(B, T, -1, hs).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return self.proj(y.transpose(1, 2).contiguous().view(B, T, -1))
 
 
 class FeedForward(nn.Module):

@@ -12,41 +12,54 @@ import pickle
 import queue
 import random
 import time
+from contextlib import nullcontext
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from lsml_tui.profilers import comm
+from lsml_tui.profilers.collectives import CollectiveMeter
 from lsml_tui.profilers.memory import memory_breakdown
 from lsml_tui.profilers.noise import NoiseScale
 from lsml_tui.trainer.device import resolve_device
-from lsml_tui.trainer.events import DistSample
 from lsml_tui.trainer.optim.optimizers import local
 from lsml_tui.trainer.parallel.hooks import CommTimer, hook_for
+from lsml_tui.trainer.parallel.measure import Measured
 from lsml_tui.trainer.parallel.world import Alone, World, data_seed, fingerprint, world_from_env
 from lsml_tui.trainer.validate import parse_straggle
 
 
-def join(cfg) -> "DataParallel":
-    """This process's rank of the group its environment names, on its device, started."""
+def join(cfg, kind: type | None = None) -> "DataParallel":
+    """This process's rank of the group its environment names, on its device, started: a
+    `kind` of DataParallel (parallel/modes.py picks it from --parallel), DataParallel itself
+    by default."""
     world = world_from_env()
     device = resolve_device(cfg.device)
     if device.type == "cuda":                   # one GPU per rank on each machine
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
-    dp = DataParallel(world, cfg, device)
+    dp = (kind or DataParallel)(world, cfg, device)
     dp.start()
     return dp
 
 
-class DataParallel(Alone):
+class DataParallel(Measured, Alone):
     """One of N ranks. Rank 0 records and takes commands; every rank applies them at the
     step rank 0 shipped them in, so the replicas never differ."""
+
+    data_parallel = True    # each rank trains on its own batches (ddp, zero1, fsdp)
+    whole = True            # each rank holds the whole model
 
     def __init__(self, world: World, cfg, device: torch.device):
         self.world, self.rank, self.size = world, world.rank, world.size
         self.recorder = world.rank == 0
+        # data parallel: each rank draws its own batches; tp and pp: rank 0's, every rank
+        self.data_rank = self.rank if self.data_parallel else 0
+        self.global_batch = cfg.batch_size * (self.size if self.data_parallel else 1)
+        self.loss_ranks = self.size                     # ranks whose losses read_back averages
+        # one rank validates a whole replica; split weights need every rank in the forward
+        self.validates = self.recorder or not self.whole
         self.cfg, self.device = cfg, device
         self.sync = cfg.sync
         self.parallel = getattr(cfg, "parallel", "ddp")
@@ -58,6 +71,8 @@ class DataParallel(Alone):
             if self.straggle else None
         self._rng = random.Random(data_seed(cfg.seed, world.rank))
         self.timer = CommTimer()
+        self.meter: CollectiveMeter | None = None       # on a step before a sampled one
+        self.comm_row = CollectiveMeter(0, 1).fields()  # what it measured (zeros until then)
         self._inbox: list = []                          # shipped, applied at the next step
         self._pending: queue.SimpleQueue = queue.SimpleQueue()   # rank 0's, see attach
         self._marks: dict[str, float] = {}
@@ -65,7 +80,7 @@ class DataParallel(Alone):
         self.noise = NoiseScale()
         self.totals: dict[int, dict] = {}               # rank -> summed breakdown (rank 0)
         self.samples = 0
-        self.last: DistSample | None = None
+        self.last = None                                # the last DistSample (rank 0)
         self.fingerprints: list[float] | None = None   # each rank's weights, at the end
 
     def start(self) -> None:
@@ -77,6 +92,9 @@ class DataParallel(Alone):
                                 timeout=timedelta(seconds=self.cfg.dist_timeout))
 
     def close(self) -> None:
+        if self.meter is not None:                      # a step that failed while metered
+            self.meter.__exit__(None, None, None)
+            self.meter = None
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -106,15 +124,22 @@ class DataParallel(Alone):
     # -- a step --------------------------------------------------------------------
 
     def begin(self, step: int, sampled: bool) -> None:
+        every = self.cfg.sample_every       # the collectives: on the step before a sampled one
+        if step % every == (every // 2 - 1) % every and self.meter is None:
+            self.meter = CollectiveMeter(self.rank, self.size)
+            self.meter.__enter__()
         self.timer.on = sampled
         if sampled:
             self.timer.reset()
             self._marks = {"start": self._now()}
 
+    def delay(self) -> float:
+        """The straggler model: seconds to wait before a backward (the rank's own stream)."""
+        return sum(self._rng.expovariate(1 / s) if r is None else s
+                   for r, s in self.straggle if r is None or r == self.rank)
+
     def before_backward(self) -> None:
-        """The straggler model: a delay drawn before each backward (rank's own stream)."""
-        delay = sum(self._rng.expovariate(1 / s) if r is None else s
-                    for r, s in self.straggle if r is None or r == self.rank)
+        delay = self.delay()
         if self.timer.on:
             self._marks["forward"] = self._now()
         if delay:
@@ -126,16 +151,27 @@ class DataParallel(Alone):
         all-reduce that also ships rank 0's new commands to every rank."""
         if self.timer.on:
             self._marks["backward"] = self._now()
+        with self.quiet():
+            return self._read_back(loss, norm)
+
+    def quiet(self):
+        """Our own exchanges (loss, commands, norms) are left out of the collectives."""
+        return self.meter.paused() if self.meter is not None else nullcontext()
+
+    def _read_back(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float]:
         payload = self._outgoing()
         head = torch.stack([loss.detach().float(),
                             torch.tensor(float(len(payload)), device=loss.device)])
         dist.all_reduce(head)
         loss_sum, n_bytes, norm_v = torch.cat([head, norm.float().reshape(1)]).tolist()
         self._receive(payload, int(n_bytes))
-        return loss_sum / self.size, norm_v
+        return loss_sum / self.loss_ranks, norm_v
 
     def end_step(self, trainer) -> None:
         """On a sampled step: gather every rank's timings on rank 0 and record them."""
+        if self.meter is not None:
+            self.meter.__exit__(None, None, None)
+            self.comm_row, self.meter = self.meter.fields(), None
         if not self.timer.on:
             return
         self.timer.on = False
@@ -146,9 +182,12 @@ class DataParallel(Alone):
                "compute_s": launched - m["start"], "exposed_s": max(0.0, m["backward"] - launched),
                "step_s": end - m["start"], "comm_busy_s": t.busy,
                "payload_bytes": float(t.payload_bytes), "local_sq_norm": t.local_sq,
-               "delay_s": self._delay, "param_sum": fingerprint(trainer.params),
-               "pid": float(os.getpid()),
-               **memory_breakdown(trainer.model, local(trainer.optimizer).state, 0)}
+               "delay_s": self._delay, "param_sum": self.fingerprint(trainer),
+               "pid": float(os.getpid()), **self.held(trainer),
+               "activation_bytes": float(trainer.profiler.memory.get("saved_activation_bytes", 0)),
+               "cuda_peak_bytes": float(torch.cuda.max_memory_allocated(self.device))
+               if self.device.type == "cuda" else 0.0,
+               "pipeline_s": 0.0, **self.comm_row, **self.step_row()}
         mine = torch.tensor([row[f] for f in comm.FIELDS], dtype=torch.float64, device=self.device)
         rows = [torch.empty_like(mine) for _ in range(self.size)]
         dist.all_gather(rows, mine)
@@ -156,8 +195,27 @@ class DataParallel(Alone):
             table = [dict(zip(comm.FIELDS, r.tolist())) for r in rows]
             trainer.emit_sample(self._sample(trainer, table))
 
+    def step_row(self) -> dict:
+        """What the mode measures itself on a sampled step, over the row's defaults."""
+        return {}
+
+    def held(self, trainer) -> dict:
+        """The bytes this rank holds of parameters, gradients and (its shard of) the
+        optimizer state."""
+        return memory_breakdown(trainer.model, local(trainer.optimizer).state, 0)
+
+    def fingerprint(self, trainer) -> float:
+        """The rank's replica in one float (0 where the ranks hold no replicas)."""
+        return fingerprint(self.replicated(trainer.params)) if self.replicas else 0.0
+
+    def replicated(self, params) -> list:
+        """The parameters every rank holds a whole copy of."""
+        return params
+
     def finish(self, trainer) -> None:
-        mine = torch.tensor([fingerprint(trainer.params)], dtype=torch.float64, device=self.device)
+        if not self.replicas:
+            return
+        mine = torch.tensor([self.fingerprint(trainer)], dtype=torch.float64, device=self.device)
         every = [torch.empty_like(mine) for _ in range(self.size)]
         try:
             dist.all_gather(every, mine)
@@ -205,52 +263,3 @@ class DataParallel(Alone):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)     # sampled steps only
         return time.perf_counter()
-
-    def _sample(self, trainer, table: list[dict]) -> DistSample:
-        ranks = comm.ranks_breakdown(table)
-        for r in ranks:
-            acc = self.totals.setdefault(r["rank"], {k: 0.0 for k in ("compute_s", "comm_s",
-                                                                       "wait_s", "step_s")})
-            for k in acc:
-                acc[k] += r[k]
-        self.samples += 1
-        steps = [r["step_s"] for r in ranks]
-        computes = [r["compute_s"] for r in ranks]
-        payload = max(r["payload_bytes"] for r in ranks)
-        comm_time = max(r["comm_s"] + r["wait_s"] for r in ranks)
-        local_sq = sum(r["local_sq_norm"] for r in table) / self.size
-        big_sq = (trainer.last_grad_norm or 0.0) ** 2
-        b = trainer.cfg.batch_size
-        noise = self.noise.update(local_sq, big_sq, b, b * self.size)
-        own = [c - r["delay_s"] for c, r in zip(computes, ranks)]
-        predicted = sum(own) / len(own) + self.max_delay if self.straggle else None
-        wire = comm.wire_bytes(self.sync, payload, self.size)
-        sample = DistSample(
-            trainer.step - 1, self.size, self.sync, ranks,
-            slowest=max(range(self.size), key=lambda i: computes[i]),
-            spread_s=max(steps) - min(steps), predicted_step_s=predicted,
-            payload_bytes=payload, wire_bytes_per_rank=wire["per_rank"],
-            busiest_link_bytes=wire["busiest_link"],
-            **comm.bandwidth(self.sync, payload, comm_time, self.size),
-            noise_scale=noise, global_batch=b * self.size,
-            replicas_agree=len({r["param_sum"] for r in ranks}) == 1, parallel=self.parallel,
-            optimizer_state_predicted=comm.sharded_bytes(ranks, "optimizer_state_bytes",
-                                                         self.sharded))
-        self.last = sample
-        return sample
-
-    def summary(self) -> dict:
-        n = max(1, self.samples)
-        ranks = [{"rank": r, **{k: v / n for k, v in acc.items()}}
-                 for r, acc in sorted(self.totals.items())]
-        last = self.last
-        memory = {r["rank"]: {k: r[k] for k in comm.MEMORY if k in r}
-                  for r in (last.ranks if last else [])}
-        ranks = [{**r, **memory.get(r["rank"], {})} for r in ranks]
-        return {"world_size": self.size, "sync": self.sync, "parallel": self.parallel,
-                "optimizer_state_predicted": last.optimizer_state_predicted if last else None,
-                "ranks": ranks,
-                "noise_scale": last.noise_scale if last else None,
-                "replicas_identical": None if self.fingerprints is None
-                else len(set(self.fingerprints)) == 1,
-                "global_batch": self.cfg.batch_size * self.size}

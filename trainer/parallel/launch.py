@@ -63,7 +63,7 @@ def run_rank(config: dict, config_toml: str, run_dir: str | None, sink=None,
     `launched`: started by our elastic launcher (rank_main), whose SIGTERM means it is
     shutting down."""
     from lsml_tui.trainer.loop import Trainer
-    from lsml_tui.trainer.parallel.ddp import join
+    from lsml_tui.trainer.parallel.modes import join
 
     cfg = RunConfig(**config)
     dp = join(cfg)

@@ -4,7 +4,8 @@ one-process run the loop calls when there are no other ranks.
 
 The loop calls the same methods on ``Alone`` and on ``DataParallel`` (ddp.py):
 ``wrap`` (the model), ``begin`` (a step), ``before_backward`` (an injected straggler
-delay), ``read_back`` (the loss and gradient norm, as one collective on N ranks),
+delay), ``grad_norms`` and ``local_grads`` (over every rank's part when the weights are
+split), ``read_back`` (the loss and gradient norm, as one collective on N ranks),
 ``end_step`` (on sampled steps, every rank's timings gathered on rank 0), ``commands``
 (what to apply before the next step), ``finish`` and ``summary``.
 """
@@ -16,6 +17,8 @@ import queue
 from dataclasses import dataclass
 
 import torch
+
+from lsml_tui.trainer.guard import grad_norms
 
 IDLE_POLL = 0.5             # seconds between exchanges while the run is paused
 
@@ -53,7 +56,19 @@ class Alone:
     """One process: no collectives, commands straight from the queue."""
 
     rank, size, recorder = 0, 1, True
+    data_rank = 0                   # whose batches this process draws (data_seed)
     sharded = False                 # the optimizer state is whole here
+    replicas = True                 # every rank holds the whole model
+    validates = True                # this rank computes validation losses
+    pipelined = False               # a schedule runs forward and backward (pp)
+
+    def grad_norms(self, params):
+        """(per-parameter gradient norms, their global norm), over every rank's part."""
+        return grad_norms(params)
+
+    def local_grads(self, params) -> list[torch.Tensor]:
+        """The gradient tensors this rank clips and checks in place."""
+        return [p.grad for p in params if p.grad is not None]
 
     def shard(self, optimizer):
         return optimizer

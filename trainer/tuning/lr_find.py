@@ -43,6 +43,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
+from lsml_tui.trainer import specs
 from lsml_tui.trainer.config import ConfigError, RunConfig
 
 MIN_LR, MAX_LR, NUM_STEPS = 1e-7, 10.0, 100     # fastai's defaults (Lightning's: 1e-8, 1, 100)
@@ -240,12 +241,14 @@ def ramp_config(cfg: RunConfig, num_steps: int) -> RunConfig:
     NaN or blow-up that ends the step instead of pausing (the test has its own rule), no
     validation, profiling, sharpness, noise scale, averaging or snapshots (time the test
     does not need), and one process: N data-parallel ranks average N batches, which is one
-    batch N times as large (with batch norm, per-rank statistics differ)."""
-    batch = cfg.batch_size * cfg.workers
+    batch N times as large (with batch norm, per-rank statistics differ). Under --parallel
+    tp or pp every rank trains on the one batch: one process at that batch."""
+    batch = cfg.batch_size * (1 if cfg.parallel in specs.SPLIT_MODEL else cfg.workers)
     if cfg.model == "linear":
         batch = min(batch, cfg.examples)
     never = num_steps + 1
     return cfg.replace(schedule="constant", steps=num_steps, on_diverge="stop",
                        diverge_factor=None, val_every=never, sharpness_every=None,
                        noise_scale_every=None, average=None, profile=False,
-                       snapshot_every=never, workers=1, batch_size=batch)
+                       snapshot_every=never, workers=1, batch_size=batch, parallel="ddp",
+                       microbatches=None, pipeline_schedule=None, reshard_after_forward=None)

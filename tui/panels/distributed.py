@@ -21,7 +21,9 @@ class DistributedPanel(Static):
     def __init__(self, cfg, **kw):
         super().__init__("waiting for the first sampled step …", **kw)
         mode = getattr(cfg, "parallel", "ddp")
-        self.border_title = (f"Data parallel: {cfg.workers} ranks, "
+        split = mode not in ("ddp", "zero1")            # the model itself is split
+        self.border_title = (f"Parallel: {cfg.workers} ranks, {mode}" if split else
+                             f"Data parallel: {cfg.workers} ranks, "
                              + ("your DDP" if cfg.sync == "watch" else cfg.sync)
                              + (f", {mode}" if mode != "ddp" else ""))
         self.latest: DistSample | None = None
@@ -38,17 +40,35 @@ class DistributedPanel(Static):
 
 
 def memory(s: DistSample) -> Text:
-    """What each rank holds: parameters and gradients (whole on every rank), the optimizer
-    state per rank against ZeRO's formula (total / N when sharded)."""
+    """Per rank: the bytes it holds by kind, the formula of the mode beside them (ZeRO: a
+    whole replica of what is not sharded, total / N of what is), what it sent in a step by
+    collective beside that formula, and under pp its bubble beside (p-1)/(m+p-1)."""
     if any(r.get("optimizer_state_bytes") is None for r in s.ranks):
         return Text()
-    first = s.ranks[0]
-    out = Text(f"\nparams {nbytes(first['param_bytes'])}, grads {nbytes(first['grad_bytes'])} "
-               f"on every rank\n")
-    held = "  ".join(f"r{r['rank']} {nbytes(r['optimizer_state_bytes'])}" for r in s.ranks)
-    formula = (f"{s.parallel}: total/N = {nbytes(s.optimizer_state_predicted)}"
-               if s.parallel != "ddp" else "ddp: a whole copy each")
-    out.append(f"optimizer state {held} ({formula})")
+    out = Text("\n")
+    for r in s.ranks:
+        out.append(f"r{r['rank']} params {nbytes(r['param_bytes'])} grads "
+                   f"{nbytes(r['grad_bytes'])} opt {nbytes(r['optimizer_state_bytes'])}"
+                   + (f" act {nbytes(r['activation_bytes'])}" if r.get("activation_bytes")
+                      else "") + "\n")
+    predicted = [getattr(s, f"{k}_predicted", None) for k in ("param", "grad",
+                                                               "optimizer_state")]
+    if any(p is not None for p in predicted):
+        out.append(f"formula {s.parallel}: params {nbytes(predicted[0])} grads "
+                   f"{nbytes(predicted[1])} opt {nbytes(predicted[2])}\n", style="dim")
+    sent = s.comm_predicted or []
+    for r in s.ranks:
+        if r.get("comm_bytes") is None:
+            continue
+        kinds = ", ".join(f"{k.replace('_', '-')} {nbytes(v['bytes'])} {milliseconds(v['s'])}"
+                          for k, v in (r.get("collectives") or {}).items())
+        formula = f" (formula {nbytes(sent[r['rank']])})" if r["rank"] < len(sent) else ""
+        out.append(f"r{r['rank']} sent {nbytes(r['comm_bytes'])}{formula}: {kinds}\n")
+    if s.bubble_predicted is not None:
+        bubbles = "  ".join(f"r{r['rank']} {100 * r['bubble_fraction']:.0f}%" for r in s.ranks
+                            if r.get("bubble_fraction") is not None)
+        out.append(f"bubble {bubbles} vs (p-1)/(m+p-1) = {100 * s.bubble_predicted:.0f}%\n")
+    out.rstrip()
     return out
 
 
@@ -84,12 +104,15 @@ def render(s: DistSample) -> Text:
     if s.predicted_step_s is not None:
         line += f"; predicted {milliseconds(s.predicted_step_s)}"
     out.append(line + "\n")
-    formula = FORMULA.get(s.sync, "ring 2(N-1)/N·M per rank")
-    out.append(f"M {nbytes(s.payload_bytes)}; {formula}: {nbytes(s.busiest_link_bytes)}\n")
-    out.append(f"algbw {si(s.algbw, 'B/s')}  busbw {si(s.busbw, 'B/s')}\n")
-    noise = "N/A" if s.noise_scale is None else f"{s.noise_scale:.3g}"
-    out.append(f"noise scale {noise} vs global batch {s.global_batch}")
+    if s.parallel in ("ddp", "zero1"):             # DDP's gradient all-reduce and its noise
+        formula = FORMULA.get(s.sync, "ring 2(N-1)/N·M per rank")
+        out.append(f"M {nbytes(s.payload_bytes)}; {formula}: {nbytes(s.busiest_link_bytes)}\n")
+        out.append(f"algbw {si(s.algbw, 'B/s')}  busbw {si(s.busbw, 'B/s')}\n")
+        noise = "N/A" if s.noise_scale is None else f"{s.noise_scale:.3g}"
+        out.append(f"noise scale {noise} vs global batch {s.global_batch}")
+    else:
+        out.append(f"global batch {s.global_batch}")
     out.append_text(memory(s))
-    if not s.replicas_agree:
+    if s.replicas_agree is False:                   # None: no replicas (fsdp, pp)
         out.append("\nreplicas differ!", style="bold red")
     return out

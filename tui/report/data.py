@@ -19,6 +19,7 @@ from lsml_tui.trainer.store.reader import RunInfo, open_run
 from lsml_tui.trainer.store.schema import LIVE
 from lsml_tui.tui.format import describe
 from lsml_tui.tui.report.measures import noise_summary, sharpness_summary
+from lsml_tui.tui.report.parallel import held
 from lsml_tui.tui.report.theory import theory_summary
 
 # Adding an optional key is backward compatible (a reader of version 1 ignores what it does
@@ -236,11 +237,15 @@ def distributed_summary(run: RunData) -> dict | None:
         "noise_scale": next((s["noise_scale"] for s in reversed(samples)
                              if s["noise_scale"] is not None), None),
         "global_batch": last.get("global_batch", batch * config["workers"] if batch else None),
-        "replicas_agree": all(s["replicas_agree"] for s in samples) if samples else None,
+        # None where the ranks hold no replicas to compare (fsdp, pp: each holds its part)
+        "replicas_agree": None if not samples or any(s["replicas_agree"] is None for s in samples)
+        else all(s["replicas_agree"] for s in samples),
         # --parallel: what each rank holds at the last sample, against ZeRO's formula
         "parallel": last.get("parallel", config.get("parallel", "ddp")),
         "optimizer_state_per_rank": [r.get("optimizer_state_bytes") for r in last.get("ranks", [])],
         "optimizer_state_predicted": last.get("optimizer_state_predicted"),
+        # per rank: bytes held by kind and sent by collective, the bubble, and the formulas
+        "held": held(samples),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
+from lsml_tui.tui.report.parallel import HEADER as HELD_HEADER, held_rows
 from lsml_tui.tui.report.charts import charts
 from lsml_tui.tui.report.data import RunData
 from lsml_tui.tui.report.measures import sections
@@ -66,6 +67,9 @@ def render(runs: list[RunData], reports: list[dict]) -> str:
             parts += [f"<h2>Data parallel{level}</h2>",
                       _table(["figure", "value"], distributed_summary_rows(r)),
                       _table(RANK_HEADER, distributed_rows(r))]
+            if held_rows(r):
+                parts += [f"<h2>Per rank: memory, communication, bubble{level}</h2>",
+                          _table(HELD_HEADER, held_rows(r))]
         if r["theory"]:
             parts += [f"<h2>Theory (least squares){level}</h2>",
                       _table(["figure", "value"], theory_rows(r)),

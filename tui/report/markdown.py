@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lsml_tui.tui.format import milliseconds, nbytes
+from lsml_tui.tui.report.parallel import HEADER as HELD_HEADER, held_rows
 from lsml_tui.tui.report.measures import sections
 from lsml_tui.tui.report.tables import (RANK_HEADER, comparison_rows, config_rows,
                                         distributed_rows, distributed_summary_rows, flops_rows,
@@ -62,6 +63,11 @@ def _run(r: dict, level: str) -> list[str]:
                 "Mean time per sampled step on each rank; wait is time spent for the slowest "
                 "rank's compute, comm the rest of what the gradient sync exposed.", "",
                 table(RANK_HEADER, distributed_rows(r)), ""]
+        if held_rows(r):
+            out += [f"{level}# Per rank: memory, communication, bubble", "",
+                    "What each rank held and sent at the last sample, beside the formulas of "
+                    "its --parallel mode; the bubble is the mean over the samples.", "",
+                    table(HELD_HEADER, held_rows(r)), ""]
     if r["theory"]:
         out += [f"{level}# Theory (least squares)", "",
                 table(["figure", "value"], theory_rows(r)), ""]

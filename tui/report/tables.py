@@ -121,7 +121,7 @@ def _held(d: dict) -> str:
     if not held or any(v is None for v in held):
         return "N/A"
     formula = ("a whole copy each" if d.get("parallel", "ddp") == "ddp" else
-               f"total / N = {nbytes(d.get('optimizer_state_predicted'))}")
+               f"formula {nbytes(d.get('optimizer_state_predicted'))}")
     return (", ".join(f"rank {i} {nbytes(v)}" for i, v in enumerate(held))
             + f" ({d.get('parallel', 'ddp')}: {formula})")
 
@@ -170,6 +170,12 @@ def comparison_rows(reports: list[dict]) -> list[list[str]]:
         row("math mode", lambda r: r.get("precision") or "N/A"),
         row("workers", lambda r: str(d(r)["world_size"] if d(r) else 1)),
         row("sync", lambda r: d(r)["sync"]),
+        row("parallel", lambda r: d(r)["parallel"]),
+        row("held per rank, largest", lambda r: nbytes(max(
+            sum(k[f"{x}_bytes"] for x in ("param", "grad", "optimizer_state"))
+            for k in d(r)["held"]["ranks"]))),
+        row("sent per rank per step, largest", lambda r: nbytes(max(
+            k["comm_bytes"] for k in d(r)["held"]["ranks"]))),
         row("status", lambda r: r["status"] + (" (partial)" if r["partial"] else "")),
         row("steps", lambda r: f"{s(r)['steps']:,}"),
         row("final train loss", lambda r: _num(s(r)["final_train_loss"])),
