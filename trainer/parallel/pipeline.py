@@ -45,7 +45,7 @@ class Stage(nn.Module):
     def forward(self, x):
         m = self.model
         if self.is_first and self.family == "transformer":     # (B, T) ids -> (B, T, C)
-            x = m.tok_emb(x) + m.pos_emb(torch.arange(x.shape[1], device=x.device))
+            x = m.drop(m.tok_emb(x) + m.pos_emb(torch.arange(x.shape[1], device=x.device)))
         for i in self.mine:
             x = m.blocks[i](x)
         if self.is_last:
