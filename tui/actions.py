@@ -96,13 +96,18 @@ class Actions:
                 self.notify(str(e), severity="error")
         self.push_screen(ValueScreen(title, value), done)
 
+    def _ask_number(self, title: str, key: str, check, command) -> None:
+        """Ask for one number, shown as the status line's `key` now, checked before it is
+        sent as `command`."""
+        def parse(text: str):
+            value = float(text)
+            check(value)
+            return command(value)
+        self._ask(title, f"{self.query_one(StatusLine).state[key] or 0:g}", parse)
+
     @trains
     def action_set_lr(self) -> None:
-        def parse(text: str) -> C.SetLR:
-            lr = float(text)
-            check_lr(lr)
-            return C.SetLR(lr)
-        self._ask("Learning rate (> 0)", f"{self.query_one(StatusLine).state['lr']:g}", parse)
+        self._ask_number("Learning rate (> 0)", "lr", check_lr, C.SetLR)
 
     @trains
     def action_set_clip(self) -> None:
@@ -120,21 +125,13 @@ class Actions:
                         f"{specs.DROPOUT_REFUSED[self.cfg.model]}", severity="warning")
             return
 
-        def parse(text: str) -> C.SetDropout:
-            p = float(text)
-            check_dropout(p)
-            return C.SetDropout(p)
-        self._ask("Dropout probability (0 to < 1; 0 is off)",
-                  f"{self.query_one(StatusLine).state['dropout'] or 0:g}", parse)
+        self._ask_number("Dropout probability (0 to < 1; 0 is off)", "dropout", check_dropout,
+                         C.SetDropout)
 
     @trains
     def action_set_weight_decay(self) -> None:
-        def parse(text: str) -> C.SetWeightDecay:
-            wd = float(text)
-            check_weight_decay(wd)
-            return C.SetWeightDecay(wd)
-        self._ask("Weight decay (>= 0; 0 is off)",
-                  f"{self.query_one(StatusLine).state['weight_decay'] or 0:g}", parse)
+        self._ask_number("Weight decay (>= 0; 0 is off)", "weight_decay", check_weight_decay,
+                         C.SetWeightDecay)
 
     @trains
     def action_toggle_pause(self) -> None:
