@@ -16,7 +16,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from lsml_tui.tui.report.data import MEMORY_PARTS, RunData, rank_means, slowest_rank
-from lsml_tui.tui.report.parallel import memory_per_rank_chart
+from lsml_tui.tui.report.parallel import held as held_by_rank, memory_per_rank_chart
 from lsml_tui.tui.series import Series
 
 COLUMNS = 800               # points per series a chart draws at most (two per column)
@@ -251,8 +251,10 @@ def charts(runs: list[RunData]) -> list[tuple[str, str]]:
     parallel = [r for r in runs if r.samples["DistSample"]]
     if parallel:
         out.append(("Time per rank", ranks_chart(parallel)))
-        out.append(("Memory per rank", styled(memory_per_rank_chart)(parallel, new_figure,
-                                                                      svg_of)))
+        held = [r for r in parallel if held_by_rank(r.samples["DistSample"])]
+        if held:
+            out.append(("Memory per rank", styled(memory_per_rank_chart)(held, new_figure,
+                                                                          svg_of)))
     if len(runs) > 1:
         return out
     run = runs[0]

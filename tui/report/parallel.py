@@ -16,8 +16,8 @@ HEADER = ["rank", "params", "grads", "optimizer state", "activations", "sent / s
 def held(samples: list[dict]) -> dict | None:
     """Per rank at the last sample: bytes held by kind and sent by collective, with the
     mode's formulas; the bubble as the mean over the samples. None without samples."""
-    if not samples:
-        return None
+    if not samples or all(r.get("param_bytes") is None for r in samples[-1]["ranks"]):
+        return None                                 # (a watched script's ranks: timings only)
     last = samples[-1]
     sent = last.get("comm_predicted") or []
     ranks = []
