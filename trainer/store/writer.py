@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -92,18 +93,16 @@ class RunStore:
                          (step, grad_norm, threshold, scale)))
 
     def record_sample(self, event) -> None:
-        """A sampled profile (layers, memory, timing, flops, system) as JSON."""
-        self._queue.put((SQL["samples"],
-                         (event.step, time.time(), event_kind(event),
-                          json.dumps(json_safe(event_payload(event)), default=json_default))))
+        """A sampled profile (layers, memory, timing, flops, system) as JSON, made on the
+        writer thread: the training loop only queues the (frozen) event."""
+        self._queue.put((SQL["samples"], partial(_row, event, time.time())))
 
     def record_val(self, step: int, t: float, loss: float) -> None:
         self._queue.put((SQL["val"], (step, t, loss)))
 
     def record_event(self, event) -> None:
         self._queue.put(("INSERT INTO events (step, time, kind, payload) VALUES (?,?,?,?)",
-                         (event.step, time.time(), event_kind(event),
-                          json.dumps(json_safe(event_payload(event)), default=json_default))))
+                         partial(_row, event, time.time())))
 
     def set_status(self, status: str, summary: dict | None = None) -> None:
         ended = time.time() if status in FINAL else None
@@ -167,6 +166,12 @@ class RunStore:
             self.on_problem(message, sum(self.dropped.values()))
 
 
+def _row(event, t: float) -> tuple:
+    """An event's row: (step, time, kind, its fields as JSON)."""
+    return (event.step, t, event_kind(event),
+            json.dumps(json_safe(event_payload(event)), default=json_default))
+
+
 def commit(con: sqlite3.Connection, items: list) -> None:
     con.execute("BEGIN")
     try:
@@ -176,7 +181,8 @@ def commit(con: sqlite3.Connection, items: list) -> None:
             j = i
             while j < len(items) and items[j][0] == sql:
                 j += 1
-            con.executemany(sql, [params for _, params in items[i:j]])
+            con.executemany(sql, [params() if callable(params) else params  # a deferred row
+                                  for _, params in items[i:j]])
             i = j
         con.execute("COMMIT")
     except BaseException:
