@@ -6,8 +6,12 @@ import statistics
 
 import pytest
 
+from lsml_tui.trainer.config import RunConfig
+from lsml_tui.trainer.events import ValMetrics
 from lsml_tui.trainer.store.reader import open_run
+from lsml_tui.trainer.validate import resolve
 from tests.conftest import run_cli, run_json
+from tests.test_trainer import run_with
 
 # the default MLP memorizes its finite training set: validation turns within a few
 # hundred steps at Adam 3e-3
@@ -112,6 +116,7 @@ def test_ordinary_training_of_each_default_model_raises_no_alarm(model, tmp_path
     # a validation every 10 steps of early, noisy training: 30 chances for a false alarm
     # (the default MLP does overfit later, from about step 700: the test above and the
     # README show it)
-    out = run_json("--model", model, "--steps", "300", "--val-every", "10",
-                   "--runs-dir", str(tmp_path))
-    assert out["overfitting_step"] is None and alarms(out["run_dir"]) == []
+    cfg = resolve(RunConfig(model=model, steps=300, val_every=10, runs_dir=str(tmp_path)))
+    trainer, rec, store = run_with(cfg)             # the real trainer and store, in-process
+    assert trainer.status == "finished" and len(rec.of(ValMetrics)) == 300 // 10
+    assert trainer.summary()["overfitting_step"] is None and alarms(store.run_dir) == []

@@ -1,7 +1,7 @@
-"""The run's optional panels (data parallel, theory, sharpness, noise scale) as tabs in the
-FLOPs panel's cell, FLOPs the last tab: each panel gets a whole cell of the grid, so that its
-plot stays readable on a 120x40 terminal (stacked in the side column, each got a row or two
-below about 50 rows). ``p`` shows the next tab.
+"""The run's optional panels (data or model parallel, theory, sharpness, noise scale) as tabs
+in the FLOPs panel's cell, FLOPs the last tab: each panel gets a whole cell of the grid, so
+that its plot stays readable on a 120x40 terminal (stacked in the side column, each got a row
+or two below about 50 rows). ``p`` shows the next tab.
 
 With no optional panel the cell is the FLOPs panel, as it always was.
 """
@@ -22,7 +22,8 @@ def optional_panels(cfg) -> list[tuple[str, object]]:
     """(tab label, panel) for each optional panel this run shows."""
     out = []
     if cfg.workers > 1:
-        out.append(("DDP", DistributedPanel(cfg)))
+        split = getattr(cfg, "parallel", "ddp") not in ("ddp", "zero1")  # fsdp, tp, pp
+        out.append(("Parallel" if split else "DDP", DistributedPanel(cfg)))
     if cfg.model == "linear":
         out.append(("Theory", TheoryPanel()))
     if cfg.sharpness_every is not None:
