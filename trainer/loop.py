@@ -17,7 +17,8 @@ from lsml_tui.trainer.config import RunConfig
 from lsml_tui.trainer.control import Controls
 from lsml_tui.trainer.data import build_task
 from lsml_tui.trainer.device import make_deterministic, resolve_device
-from lsml_tui.trainer.events import (Coalescer, RecordingProblem, RunFailed, RunStarted, TraceCaptured)
+from lsml_tui.trainer.events import (Coalescer, RecordingProblem, RunFailed, RunStarted,
+                                     TraceCaptured)
 from lsml_tui.trainer.faults import FaultPolicy
 from lsml_tui.trainer.guard import Guard, ReadBack
 from lsml_tui.trainer.models import build_model, num_params

@@ -24,8 +24,8 @@ from lsml_tui.trainer.optim.optimizers import evaluating
 class Recorder:
     """Records a run. Needs ``events`` (a Coalescer), ``store`` (a RunStore or None),
     ``step``, ``status``, ``initial_loss``, ``recent_losses`` (a bounded deque),
-    ``overfit`` (an OverfitWatch), ``last_grad_norm``, ``clip_count``, ``_trace`` (a TraceCapture or None) and
-    ``summary()``."""
+    ``overfit`` (an OverfitWatch), ``last_grad_norm``, ``clip_count``, ``_trace`` (a
+    TraceCapture or None) and ``summary()``."""
 
     def emit(self, event) -> None:
         self.events.emit(event)
@@ -65,6 +65,10 @@ class Recorder:
             self.store.record_clip(step, norm, threshold, scale)
         return scale
 
+    def recent_train_loss(self) -> float | None:
+        """The mean of the recent steps' losses (the final training loss at the end)."""
+        return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else None
+
     def record_validation(self, step: int, val_loss: float) -> None:
         """A validation loss: the store's row, the loss panel's point, the overfitting alarm
         (``overfit``, an OverfitWatch)."""
@@ -72,8 +76,7 @@ class Recorder:
             self.store.record_val(step, time.time(), val_loss)
         self.events.emit(ValMetrics(step, val_loss))
         self.last_val_loss = val_loss
-        recent = list(self.recent_losses)
-        alarm = self.overfit.observe(step, val_loss, sum(recent) / len(recent) if recent else None)
+        alarm = self.overfit.observe(step, val_loss, self.recent_train_loss())
         if alarm:
             self.emit(Overfitting(**alarm))
 
@@ -159,7 +162,7 @@ class Recording(Recorder):
                                     f"the best validation loss ({self.last_val_loss:.4g})"))
 
     def summary(self) -> dict:
-        recent = list(self.recent_losses)
+        final_train = self.recent_train_loss()
         return {
             "run_id": self.store.run_id if self.store else None,
             "run_dir": str(self.store.run_dir) if self.store else None,
@@ -177,10 +180,9 @@ class Recording(Recorder):
             "weight_decay": self.weight_decay,
             **({"dropout": self.dropout} if self.dropout is not None else {}),
             "initial_train_loss": self.initial_loss,
-            "final_train_loss": sum(recent) / len(recent) if recent else None,
+            "final_train_loss": final_train,
             "final_val_loss": self.last_val_loss,
-            **self.best.summary(sum(recent) / len(recent) if recent else None,
-                                getattr(self, "final_gap_val", None)),
+            **self.best.summary(final_train, getattr(self, "final_gap_val", None)),
             "overfitting_step": self.overfit.fired_at,
             **({"early_stop": self.cfg.early_stop, "stopped_early": self.stopped_early}
                if self.cfg.early_stop is not None else {}),

@@ -83,8 +83,10 @@ class Alone:
         pass
 
     def read_back(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float]:
-        # One read-back per step (a device sync on GPU); .item() is the cheapest on the CPU
-        return loss.detach().float().item(), norm.float().item()
+        if loss.device.type == "cpu":       # .item() twice is the cheapest read here
+            return loss.detach().float().item(), norm.float().item()
+        loss_v, norm_v = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        return loss_v, norm_v               # one read-back (one device sync) on a GPU
 
     def end_step(self, trainer) -> None:
         pass

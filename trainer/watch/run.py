@@ -285,7 +285,6 @@ class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
                 self.emit_sample(Logged(entry.step, {**values, **lrs}))
 
     def summary(self) -> dict:
-        recent = list(self.recent_losses)
         return {
             "run_id": self.store and self.store.run_id,
             "run_dir": self.store and str(self.store.run_dir), "world_size": self.world,
@@ -296,7 +295,7 @@ class WatchedRun(Recorder, Measuring, Ranks, WatchControls):
             "optimizer": type(self.optimizer).__name__.lower(),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "initial_train_loss": self.initial_loss,
-            "final_train_loss": sum(recent) / len(recent) if recent else None,
+            "final_train_loss": self.recent_train_loss(),
             "final_val_loss": self.last_val_loss, "overfitting_step": self.overfit.fired_at,
             "last_grad_norm": self.last_grad_norm, "clip_events": self.clip_count,
             "steps_per_second": self.step / self.train_seconds if self.train_seconds else None,
