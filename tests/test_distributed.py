@@ -192,6 +192,32 @@ def test_a_killed_rank_fails_the_run_naming_it_and_leaves_no_process(tmp_path, m
     assert b"rank 1" in err
 
 
+def test_a_killed_launcher_takes_every_rank_down_with_the_run_recorded(tmp_path):
+    """Ranks fork from a forkserver, not from the launcher: killed outright, the launcher
+    must still end them (its end of the server's pipe closes, the server ends, and each
+    rank gets the SIGINT torch asks the kernel for when a rank's parent dies)."""
+    runs = tmp_path / "runs"
+    proc = psutil.Popen([sys.executable, "-m", "lsml_tui.tui.cli", "--headless", "--no-progress",
+                         *SMALL, "--workers", "2", "--steps", "1000000", "--runs-dir", str(runs)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    family = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (list_runs(runs) and list_runs(runs)[0].steps > 20):
+            family = descendants(proc) or family
+            time.sleep(0.2)
+        family = descendants(proc)
+        assert len(family) >= 3, family         # the forkserver and two ranks at least
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        assert none_alive(family), "a rank or the forkserver outlived its launcher"
+    run, = list_runs(runs)
+    assert run.status == "interrupted" and run.steps > 20
+
+
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_an_exception_on_one_rank_fails_the_run_at_once_naming_that_rank(tmp_path, rank):
     """Not after --dist-timeout: the failed rank ends, the others see its connection close."""

@@ -43,6 +43,9 @@ def worker_main(config: dict, config_toml: str, commands, events) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):     # a hang-up reaches us too (same process
         signal.signal(sig, signal.SIG_IGN)          # group): until the run can record it
     _redirect_output(os.devnull)                   # never write over the dashboard
+    if config["workers"] > 1:                       # ranks to start: their imports run
+        from lsml_tui.trainer.parallel.launch import warm_ranks    # beside this process's
+        warm_ranks()
     from lsml_tui.trainer import commands as C
     from lsml_tui.trainer.config import RunConfig
     from lsml_tui.trainer.events import RunFailed

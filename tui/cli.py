@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from lsml_tui.trainer.config import ConfigError, RunConfig, to_toml
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_runs_dir(cfg.runs_dir)
         if "headless" in args:
+            if cfg.workers > 1 and "WORLD_SIZE" not in os.environ:  # ranks to start here:
+                from lsml_tui.trainer.parallel.launch import warm_ranks
+                warm_ranks()            # their imports run beside this process's own
             from lsml_tui.trainer.headless import run_headless  # imports torch
             return run_headless(cfg, json_out="json" in args, progress="no_progress" not in args)
         if cfg.device != "cpu" and (cfg.device != "auto" or cfg.workers > 1
