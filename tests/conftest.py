@@ -20,6 +20,29 @@ def run_json(*args: str, cwd=None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def cli_here(*argv: str, cwd=None) -> str:
+    """`lsml-tui ARGV` through the real `main` in this process; what it printed on stdout.
+    Without the interpreter start that `run_cli` pays (seconds of importing torch a run):
+    for the runs a test reads rather than the command line it proves."""
+    import io
+    import os
+
+    from lsml_tui.tui.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.chdir(cwd or os.getcwd()):
+        status = main(list(argv))
+    assert status == 0, out.getvalue()
+    return out.getvalue()
+
+
+def run_here(*args: str) -> dict:
+    """`run_json` in this process (cli_here); one process only (ranks are started by the
+    command line: use run_json)."""
+    assert "--workers" not in args, "ranks are started by the command line: use run_json"
+    return json.loads(cli_here("--headless", "--json", "--no-progress", *args)
+                      .strip().splitlines()[-1])
+
+
 @pytest.fixture
 def runs_dir(tmp_path):
     return tmp_path / "runs"

@@ -10,7 +10,7 @@ from lsml_tui.trainer.config import RunConfig
 from lsml_tui.trainer.events import ValMetrics
 from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.trainer.validate import resolve
-from tests.conftest import run_cli, run_json
+from tests.conftest import run_cli, run_here
 from tests.test_trainer import run_with
 
 # the default MLP memorizes its finite training set: validation turns within a few
@@ -25,7 +25,7 @@ def stored(run_dir):
 
 def test_early_stopping_stops_patience_validations_after_the_best_and_keeps_its_weights(
         tmp_path):
-    out = run_json(*MLP, "--early-stop", "3", "--runs-dir", str(tmp_path))
+    out = run_here(*MLP, "--early-stop", "3", "--runs-dir", str(tmp_path))
     steps, val, notices = stored(out["run_dir"])
     best = min(zip(val["loss"], val["step"]))
     assert (out["best_val_loss"], out["best_val_step"]) == best
@@ -41,14 +41,14 @@ def test_early_stopping_stops_patience_validations_after_the_best_and_keeps_its_
 
 
 def test_without_restore_the_run_ends_with_its_last_weights(tmp_path):
-    out = run_json(*MLP, "--early-stop", "3", "--no-restore-best", "--runs-dir", str(tmp_path))
+    out = run_here(*MLP, "--early-stop", "3", "--no-restore-best", "--runs-dir", str(tmp_path))
     _, val, _ = stored(out["run_dir"])
     assert out["stopped_early"] is True and "restored_best" not in out
     assert out["final_val_loss"] == val["loss"][-1] > out["best_val_loss"]
 
 
 def test_every_run_says_its_best_validation_and_its_gap(tmp_path):
-    out = run_json("--model", "mlp", "--steps", "300", "--val-every", "50",
+    out = run_here("--model", "mlp", "--steps", "300", "--val-every", "50",
                    "--runs-dir", str(tmp_path))
     steps, val, _ = stored(out["run_dir"])
     assert (out["best_val_loss"], out["best_val_step"]) == min(zip(val["loss"], val["step"]))
@@ -83,7 +83,7 @@ def test_overfitting_is_said_once_where_validation_rose_and_early_stopping_ends_
         tmp_path):
     # 512 examples drawn once: the MLP memorizes them and validation turns within a few
     # hundred steps
-    out = run_json("--model", "mlp", "--train-examples", "512", "--steps", "3000",
+    out = run_here("--model", "mlp", "--train-examples", "512", "--steps", "3000",
                    "--val-every", "25", "--early-stop", "8", "--runs-dir", str(tmp_path))
     steps, val, _ = stored(out["run_dir"])
     # early stopping: 8 validations without a new best, then the best weights again

@@ -1,4 +1,5 @@
-"""Headless runs through the real CLI: each model learns its default task on CPU."""
+"""Headless runs through the real CLI's `main` (in this process: the command line in a fresh
+interpreter is proven wherever `run_json` is used): each model learns its default task on CPU."""
 
 import collections
 import math
@@ -8,7 +9,7 @@ import torch
 
 from lsml_tui.trainer.data import AddingTask, stdlib_text
 from lsml_tui.trainer.store.reader import open_run
-from tests.conftest import run_cli, run_json
+from tests.conftest import run_cli, run_here, run_json
 
 SUMMARY_KEYS = {"run_dir", "status", "steps", "params", "initial_train_loss", "final_train_loss",
                 "final_val_loss", "steps_per_second"}
@@ -44,7 +45,7 @@ MARGINS = {
 
 @pytest.mark.parametrize("model", list(MARGINS))
 def test_each_model_learns_its_default_task_headless(model, runs_dir):
-    summary = run_json("--model", model, "--steps", "300", "--runs-dir", str(runs_dir))
+    summary = run_here("--model", model, "--steps", "300", "--runs-dir", str(runs_dir))
     assert SUMMARY_KEYS <= summary.keys()
     assert all(summary[k] is not None for k in PROFILE_KEYS), summary
     assert summary["flops_backward_per_step"] > summary["flops_forward_per_step"] > 0
@@ -63,7 +64,7 @@ def test_each_model_learns_its_default_task_headless(model, runs_dir):
 def test_the_stored_config_reruns_the_same_run(runs_dir, tmp_path):
     args = ("--model", "mlp", "--layers", "1", "--width", "16", "--steps", "20")
     first = run_json(*args, "--runs-dir", str(runs_dir))
-    again = run_json("--config", f"{first['run_dir']}/config.toml", "--runs-dir", str(tmp_path / "b"))
+    again = run_here("--config", f"{first['run_dir']}/config.toml", "--runs-dir", str(tmp_path / "b"))
     assert again["initial_train_loss"] == first["initial_train_loss"]
     assert again["final_train_loss"] == first["final_train_loss"]
 

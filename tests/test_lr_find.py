@@ -13,16 +13,16 @@ import pytest
 from lsml_tui.trainer.config import RunConfig, load_toml
 from lsml_tui.trainer.validate import resolve
 from lsml_tui.trainer.tuning.lr_find import BETA, STOP_FACTOR, ramp, smooth, steep, suggest, valley
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 
 KEYS = {"suggested_lr", "rule", "why", "lrs", "losses", "smoothed", "stop_reason",
         "stopped_early", "min_lr", "max_lr", "num_steps", "report_dir"}
 
 
 def lr_find(*args, cwd=None) -> dict:
-    proc = run_cli("lr-find", "--json", *args, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """The test's --json answer, run by the CLI's main in this process (the command line in
+    its own interpreter is proven below, where it prints)."""
+    return json.loads(cli_here("lr-find", "--json", *args, cwd=cwd).strip().splitlines()[-1])
 
 
 # -- the arithmetic, on plain data ------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from lsml_tui.trainer.store.reader import list_runs, open_run
 from lsml_tui.trainer.store.schema import DB_NAME
 from lsml_tui.trainer.validate import cores
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_here
 
 PROC = Path("/proc")
 needs_proc = pytest.mark.skipif(not PROC.is_dir(), reason="no /proc here")
@@ -54,9 +54,7 @@ def two_damaged(tmp_path_factory):
     """Three real runs: one left whole, one whose store is not a database, one cut short."""
     runs = tmp_path_factory.mktemp("damaged") / "runs"
     for _ in range(3):
-        proc = run_cli("--headless", "--no-progress", "--model", "linear", "--steps", "1500",
-                       "--runs-dir", str(runs))
-        assert proc.returncode == 0, proc.stderr
+        run_here("--model", "linear", "--steps", "1500", "--runs-dir", str(runs))
     whole, garbage, cut = sorted(runs.iterdir())
     steps = [r.steps for r in list_runs(runs)]
     (garbage / DB_NAME).write_bytes(b"not a database, just bytes " * 100)

@@ -22,7 +22,7 @@ from lsml_tui.tui import history
 from lsml_tui.tui.report import DEFAULT_FORMATS
 from lsml_tui.tui.report.tensorboard import write_tensorboard
 
-from tests.conftest import run_cli, run_json
+from tests.conftest import run_cli, run_here
 
 CLIP = 0.5
 # Labels in a sample, not measurements: the step, the system sampler's clock, rank and GPU
@@ -35,10 +35,10 @@ def runs(tmp_path_factory):
     """Two real headless runs: the MLP with clipping, profiling, sharpness and an EMA of the
     weights; the linear model, whose theory samples come every step."""
     runs_dir = tmp_path_factory.mktemp("tensorboard") / "runs"
-    mlp = run_json("--model", "mlp", "--steps", "60", "--val-every", "20", "--sample-every",
+    mlp = run_here("--model", "mlp", "--steps", "60", "--val-every", "20", "--sample-every",
                    "20", "--clip", str(CLIP), "--sharpness-every", "40", "--average", "ema:0.9",
                    "--runs-dir", str(runs_dir))
-    linear = run_json("--model", "linear", "--steps", "40", "--val-every", "20",
+    linear = run_here("--model", "linear", "--steps", "40", "--val-every", "20",
                       "--sample-every", "20", "--runs-dir", str(runs_dir))
     return {"mlp": Path(mlp["run_dir"]), "linear": Path(linear["run_dir"])}
 

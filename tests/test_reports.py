@@ -19,7 +19,7 @@ from lsml_tui.trainer.store.writer import RunStore
 from lsml_tui.trainer.store.reader import list_runs, open_run
 from lsml_tui.tui.report import write_reports
 
-from tests.conftest import run_cli, run_json
+from tests.conftest import run_cli, run_here
 from tests.test_dashboard import until
 
 DOCUMENTED_KEYS = {"id", "run_dir", "status", "partial", "model", "optimizer", "norm", "device",
@@ -41,8 +41,8 @@ def two_runs(tmp_path_factory):
     runs = tmp_path_factory.mktemp("reports") / "runs"
     common = ("--model", "mlp", "--steps", "120", "--sample-every", "40", "--val-every", "40",
               "--runs-dir", str(runs))
-    a = run_json(*common, "--optimizer", "adam", "--clip", "0.3")
-    b = run_json(*common, "--optimizer", "sgd")
+    a = run_here(*common, "--optimizer", "adam", "--clip", "0.3")
+    b = run_here(*common, "--optimizer", "sgd")
     return a["run_dir"], b["run_dir"]
 
 

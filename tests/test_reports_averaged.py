@@ -10,7 +10,7 @@ import pytest
 from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.report import write_reports
 
-from tests.conftest import run_json
+from tests.conftest import run_here
 from tests.test_reports_distributed import Figures, report
 
 LINEAR = ("--model", "linear", "--optimizer", "sgd", "--dim", "8", "--kappa", "10",
@@ -27,10 +27,10 @@ def runs(tmp_path_factory):
     """Minibatch SGD on least squares with Polyak averaging, an MLP with an EMA, and the
     same MLP without averaging."""
     runs_dir = str(tmp_path_factory.mktemp("averaged-reports") / "runs")
-    linear = run_json(*LINEAR, "--steps", "600", "--val-every", "150", "--average", "polyak",
+    linear = run_here(*LINEAR, "--steps", "600", "--val-every", "150", "--average", "polyak",
                       "--runs-dir", runs_dir)
-    ema = run_json(*MLP, "--average", "ema:0.99", "--runs-dir", runs_dir)
-    plain = run_json(*MLP, "--runs-dir", runs_dir)
+    ema = run_here(*MLP, "--average", "ema:0.99", "--runs-dir", runs_dir)
+    plain = run_here(*MLP, "--runs-dir", runs_dir)
     return {"linear": linear, "ema": ema, "plain": plain}
 
 

@@ -14,7 +14,7 @@ from lsml_tui.trainer.store.reader import open_run
 from lsml_tui.tui.format import nbytes
 from lsml_tui.tui.report import write_reports
 
-from tests.conftest import run_json
+from tests.conftest import run_here, run_json
 
 SMALL = ("--model", "mlp", "--layers", "1", "--width", "16", "--device", "cpu")
 N = 2                                   # ranks
@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
     common = (*SMALL, "--steps", "60", "--sample-every", "10", "--runs-dir", runs_dir)
     allreduce = run_json(*common, "--workers", str(N), "--sync", "allreduce")
     ps = run_json(*common, "--workers", str(N), "--sync", "ps")
-    single = run_json(*SMALL, "--steps", "20", "--sample-every", "10", "--runs-dir", runs_dir)
+    single = run_here(*SMALL, "--steps", "20", "--sample-every", "10", "--runs-dir", runs_dir)
     return {"allreduce": allreduce["run_dir"], "ps": ps["run_dir"], "single": single["run_dir"]}
 
 

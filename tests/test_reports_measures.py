@@ -6,7 +6,7 @@ import pytest
 
 from lsml_tui.tui.report import write_reports
 
-from tests.conftest import run_json
+from tests.conftest import run_here
 from tests.test_reports_distributed import Figures, report
 from lsml_tui.trainer.store.reader import open_run
 
@@ -17,9 +17,9 @@ MLP = ("--model", "mlp", "--layers", "1", "--width", "16", "--steps", "120", "--
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     runs_dir = str(tmp_path_factory.mktemp("measure-reports") / "runs")
-    measured = run_json(*MLP, "--sharpness-every", "40", "--noise-scale-every", "20",
+    measured = run_here(*MLP, "--sharpness-every", "40", "--noise-scale-every", "20",
                         "--runs-dir", runs_dir)
-    plain = run_json(*MLP, "--runs-dir", runs_dir)
+    plain = run_here(*MLP, "--runs-dir", runs_dir)
     return {"measured": measured, "plain": plain}
 
 

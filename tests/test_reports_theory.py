@@ -14,7 +14,7 @@ from lsml_tui.tui.report import write_reports
 from lsml_tui.tui.report.theory_charts import predicted
 from lsml_tui.tui.report.theory import CLIP_NOTE, rate
 
-from tests.conftest import run_json
+from tests.conftest import run_here
 from tests.test_reports_distributed import Figures, report
 
 LINEAR = ("--model", "linear", "--optimizer", "sgd", "--dim", "8", "--kappa", "10",
@@ -29,10 +29,10 @@ CHART = "Distance to w*"
 def runs(tmp_path_factory):
     """Full-batch gradient descent, minibatch SGD (a noise ball) and an MLP."""
     runs_dir = str(tmp_path_factory.mktemp("theory-reports") / "runs")
-    full = run_json(*LINEAR, "--lr", "0.5", "--steps", "200", "--runs-dir", runs_dir)
-    noisy = run_json(*LINEAR, "--batch-size", "8", "--lr", "0.2", "--examples", "256",
+    full = run_here(*LINEAR, "--lr", "0.5", "--steps", "200", "--runs-dir", runs_dir)
+    noisy = run_here(*LINEAR, "--batch-size", "8", "--lr", "0.2", "--examples", "256",
                      "--noise", "0.5", "--steps", "300", "--runs-dir", runs_dir)
-    mlp = run_json("--model", "mlp", "--steps", "30", "--layers", "1", "--width", "16",
+    mlp = run_here("--model", "mlp", "--steps", "30", "--layers", "1", "--width", "16",
                    "--device", "cpu", "--runs-dir", runs_dir)
     return {"full": full["run_dir"], "noisy": noisy["run_dir"], "mlp": mlp["run_dir"]}
 
