@@ -138,13 +138,15 @@ def start_dashboard(tmp_path, name, shell="", training=True, args=""):
 
 
 def trainer_and_ui(runs):
-    """The trainer's pid is in the run store; the dashboard is its parent."""
+    """The trainer's pid is in the run store; the dashboard is the parent of the forkserver
+    it forked from."""
     (db,) = runs.glob(f"*/{DB_NAME}")
     con = sqlite3.connect(db)
     pid, = con.execute("SELECT pid FROM run").fetchone()
     con.close()
     trainer = psutil.Process(pid)
-    return trainer, trainer.parent()
+    ui, = [p for p in trainer.parents() if "lsml_tui.tui.cli" in p.cmdline()]
+    return trainer, ui
 
 
 def wait_gone(process, timeout=30.0) -> bool:

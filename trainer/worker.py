@@ -34,11 +34,22 @@ def _redirect_output(path) -> None:
     os.close(fd)
 
 
-def worker_main(config: dict, config_toml: str, commands, events) -> None:
+# What the trainer process imports before it trains, once, in the forkserver it forks from.
+TRAINER_MODULES = ("torch", "torch._dynamo", "lsml_tui.trainer.loop",
+                   "lsml_tui.trainer.store.writer")
+
+
+def worker_main(config: dict, config_toml: str, commands, events, cwd: str | None = None) -> None:
     """Train one run: commands arrive on `commands`, event batches leave on `events`.
 
-    ``None`` on `events` marks the end; a ``None`` command stops the forwarder.
+    ``None`` on `events` marks the end; a ``None`` command stops the forwarder. Forked
+    from the dashboard's forkserver (its imports done), the process starts in `cwd`, the
+    dashboard's directory now (the server's is the one it had when it started).
     """
+    from lsml_tui.trainer import forkserver
+    forkserver.detach()
+    if cwd is not None:
+        os.chdir(cwd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the UI owns Ctrl-C and sends Stop
     for sig in (signal.SIGTERM, signal.SIGHUP):     # a hang-up reaches us too (same process
         signal.signal(sig, signal.SIG_IGN)          # group): until the run can record it

@@ -62,7 +62,7 @@ class LsmlApp(Actions, App):
 
     def __init__(self, cfg: RunConfig, bridge_factory=TrainerBridge, replay_of: str | None = None):
         super().__init__()
-        prepare_processes()
+        prepare_processes(trainer=bridge_factory is TrainerBridge and replay_of is None)
         self.cfg = cfg
         self.bridge_factory = bridge_factory   # tests and benchmarks feed synthetic events
         self.bridge: TrainerBridge | None = None

@@ -1,26 +1,39 @@
 """The UI side of the trainer process: start it, send commands, receive event batches.
 
-No torch here: the trainer runs in a spawned process, so a crash, a segfault or
-an out-of-memory kill there never takes the UI down.
+No torch here: the trainer runs in a process of its own (forked from a forkserver that
+imported torch), so a crash, a segfault or an out-of-memory kill there never takes the
+UI down.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
 import queue
 import time
 from multiprocessing import resource_tracker
 
 from lsml_tui.trainer import commands as C
+from lsml_tui.trainer import forkserver
 from lsml_tui.trainer.config import RunConfig, to_toml
 from lsml_tui.trainer.events import StepMetrics
-from lsml_tui.trainer.worker import worker_main
+from lsml_tui.trainer.worker import TRAINER_MODULES, worker_main
 
 
-def prepare_processes() -> None:
+def prepare_processes(trainer: bool = True) -> None:
     """Start multiprocessing's resource tracker now, before Textual takes over stdio
-    (started later, it is handed Textual's stderr stand-in, which has no file descriptor)."""
+    (started later, it is handed Textual's stderr stand-in, which has no file descriptor),
+    and, for a dashboard that will start a trainer, the forkserver it forks from, whose
+    imports then run while the dashboard starts."""
     resource_tracker.ensure_running()
+    if trainer:
+        trainer_context()
+
+
+def trainer_context():
+    """The multiprocessing context trainer processes start in: forked from a forkserver
+    that has imported torch (trainer/forkserver.py), so a start or a restart takes
+    milliseconds instead of seconds of imports."""
+    return forkserver.start(TRAINER_MODULES, quiet=True)
 
 
 def thin(events: list, budget: int) -> tuple[list, int]:
@@ -47,7 +60,7 @@ class TrainerBridge:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        ctx = mp.get_context("spawn")
+        ctx = trainer_context()
         self._commands = ctx.Queue()
         self._events = ctx.Queue()
         # With --workers N the trainer process is the launcher of N ranks, and a daemonic
@@ -55,7 +68,7 @@ class TrainerBridge:
         self.process = ctx.Process(target=worker_main, name="lsml-tui-trainer",
                                    daemon=cfg.workers == 1,
                                    args=(cfg.to_dict(), to_toml(cfg), self._commands,
-                                         self._events))
+                                         self._events, os.getcwd()))
         self.ended = False      # the trainer said it is done (None on the queue)
         self._stopped = False
 

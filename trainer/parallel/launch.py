@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from lsml_tui.trainer import commands as C
+from lsml_tui.trainer import forkserver
 from lsml_tui.trainer.config import ConfigError, RunConfig, to_toml
 from lsml_tui.trainer.store.writer import RunStore, mark_failed, new_run_id
 from lsml_tui.trainer.validate import check_cores
@@ -50,9 +51,7 @@ def check_workers(cfg: RunConfig) -> None:
         check_cores(cfg.workers, cfg.oversubscribe)
 
 
-# What every rank imports before it trains: a forkserver that has them already forks a rank
-# in milliseconds, where a spawned one spends seconds importing torch (and torch._dynamo,
-# which the first optimizer pulls in).
+# What every rank imports before it trains, once, in the forkserver the ranks fork from.
 RANK_MODULES = ("torch", "torch._dynamo", "lsml_tui.trainer.loop",
                 "lsml_tui.trainer.parallel.modes", "lsml_tui.trainer.parallel.launch")
 
@@ -61,53 +60,20 @@ RANK_MODULES = ("torch", "torch._dynamo", "lsml_tui.trainer.loop",
 # the rank that failed first for a reason of its own.
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting")
 PEER_GONE_GRACE = 2.0       # seconds such a rank waits before it ends
-_SERVER_IGNORES = (signal.SIGTERM, signal.SIGHUP)   # what the forkserver outlives
 
 
-def warm_ranks() -> None:
-    """Start the forkserver that ranks fork from and let it import what they need, in
-    parallel with this process's own start. It ends with this process, even killed: it
-    reads EOF on a pipe whose other end this process holds (see _let_the_server_end)."""
-    import multiprocessing as mp
-    from multiprocessing import forkserver
+def warm_ranks():
+    """Start the forkserver the ranks fork from (imports beside this process's own start);
+    the context to start them with."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")   # ranks set their own thread counts
-    mp.set_forkserver_preload(list(RANK_MODULES))
-    # The server must outlive a hang-up or a SIGTERM sent to the whole process group (the
-    # launcher then stops the ranks itself): it starts with both ignored (an ignored signal
-    # stays ignored across exec; the window here lasts one fork and exec), and every rank
-    # takes the default back before anything else (rank_main).
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _SERVER_IGNORES}
-    try:
-        forkserver.ensure_running()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _let_the_server_end() -> None:
-    """Close this rank's copy of the launcher's end of the forkserver's lifeline.
-
-    The forkserver ends when it reads EOF there, and it hands every child a copy (for
-    children that start processes of their own): while a rank holds one, the server
-    outlives a launcher that was killed, and the rank, whose parent is the server, never
-    gets the SIGINT torch asks the kernel to send it when its parent dies (PDEATHSIG).
-    Closed, a killed launcher ends the server, whose end ends the ranks, as spawned ranks
-    end with theirs."""
-    from multiprocessing import forkserver
-    server = getattr(forkserver, "_forkserver", None)
-    fd = getattr(server, "_forkserver_alive_fd", None)
-    if fd is not None:
-        os.close(fd)
-        server._forkserver_alive_fd = None
+    return forkserver.start(RANK_MODULES)
 
 
 def rank_main(config: dict, config_toml: str, run_dir: str | None, events=None,
               commands=None, handled: str = "SIGTERM") -> dict | None:
     """The launcher's entry point: rank 0's events go to the `events` queue; `handled`
     names the signals on which the launcher shuts down (its signals_to_handle)."""
-    for sig in _SERVER_IGNORES:                     # as a spawned rank would start
-        signal.signal(sig, signal.SIG_DFL)
-    _let_the_server_end()
+    forkserver.detach()                             # as a spawned rank would start
     return run_rank(config, config_toml, run_dir, events.put if events is not None else None,
                     commands, launcher_signals={getattr(signal, name)
                                                 for name in handled.split(",")})
@@ -200,7 +166,7 @@ def launch(cfg: RunConfig, run_dir: Path, events=None, commands=None,
     logs = Path(run_dir) / "ranks"                  # each rank's stdout and stderr
     spec = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=cfg.workers,
                         run_id=run_dir.name, rdzv_backend="c10d", rdzv_endpoint="localhost:0",
-                        max_restarts=0, start_method=os.environ.get("XSTART", "forkserver"), monitor_interval=0.1,
+                        max_restarts=0, start_method="forkserver", monitor_interval=0.1,
                         signals_to_handle=signals, shutdown_timeout=int(cfg.dist_timeout) + 5,
                         logs_specs=DefaultLogsSpecs(log_dir=str(logs), redirects=Std.ALL))
     warm_ranks()                                    # if not already started

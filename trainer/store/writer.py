@@ -67,7 +67,11 @@ class RunStore:
         if (run_dir / DB_NAME).exists():
             raise FileExistsError(f"{run_dir} already holds a run")
         write_atomic(run_dir / CONFIG_NAME, config_toml)
-        con = connect(run_dir / DB_NAME)
+        # Made under another name and renamed whole: a reader (lsml-tui runs, open, a test
+        # waiting for the run) never finds a store without its tables.
+        creating = run_dir / f"{DB_NAME}.creating"
+        creating.unlink(missing_ok=True)
+        con = connect(creating)
         with con:
             con.executescript(SCHEMA + COMMANDS_SCHEMA)
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -77,7 +81,8 @@ class RunStore:
                 " host, config) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (run_dir.name, config["model"], config["optimizer"], config["norm"], time.time(),
                  "running", me.pid, me.create_time(), socket.gethostname(), json.dumps(config)))
-        con.close()
+        con.close()                 # the last connection: SQLite folds its WAL file back in
+        os.replace(creating, run_dir / DB_NAME)
         return cls(run_dir, flush_interval)
 
     # -- writes (queued; the writer thread commits them in batches) --
