@@ -18,18 +18,32 @@ from multiprocessing import forkserver
 
 # The server outlives a hang-up or a SIGTERM sent to the whole process group: whoever
 # started it decides what its children do then, and it ends with that process.
-OUTLIVES = (signal.SIGTERM, signal.SIGHUP)
+OUTLIVES = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+# LSML_TUI_START_METHOD=spawn starts every process afresh instead (what benchmarks/startup.py
+# compares against, and a way out should a platform's forkserver misbehave).
+ENV = "LSML_TUI_START_METHOD"
+
+
+def method() -> str:
+    """How processes start: "forkserver" where this platform has one (not Windows), or
+    "spawn" where it has not or LSML_TUI_START_METHOD=spawn says so."""
+    if os.environ.get(ENV) == "spawn" or "forkserver" not in mp.get_all_start_methods():
+        return "spawn"
+    return "forkserver"
 
 
 def start(modules: tuple[str, ...], quiet: bool = False):
     """Start this process's forkserver with `modules` imported, if it is not running, and
-    return the context that starts processes from it. The imports run in the background.
+    return the context that starts processes from it (the spawn context where method()
+    says spawn). The imports run in the background.
 
     The server starts with OUTLIVES ignored (an ignored signal stays ignored across exec;
     the window here lasts one fork and exec); `quiet` points its stdout and stderr at
     /dev/null (a warning printed while torch loads must not land on the dashboard). It
     ends when this process does, even killed: it reads EOF on a pipe whose other end this
     process holds, as long as each child lets go of its copy (``detach``)."""
+    if method() == "spawn":
+        return mp.get_context("spawn")
     mp.set_forkserver_preload(list(modules))
     with contextlib.ExitStack() as undo:
         for sig in OUTLIVES:

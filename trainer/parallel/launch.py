@@ -166,7 +166,7 @@ def launch(cfg: RunConfig, run_dir: Path, events=None, commands=None,
     logs = Path(run_dir) / "ranks"                  # each rank's stdout and stderr
     spec = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=cfg.workers,
                         run_id=run_dir.name, rdzv_backend="c10d", rdzv_endpoint="localhost:0",
-                        max_restarts=0, start_method="forkserver", monitor_interval=0.1,
+                        max_restarts=0, start_method=forkserver.method(), monitor_interval=0.1,
                         signals_to_handle=signals, shutdown_timeout=int(cfg.dist_timeout) + 5,
                         logs_specs=DefaultLogsSpecs(log_dir=str(logs), redirects=Std.ALL))
     warm_ranks()                                    # if not already started
