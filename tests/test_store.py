@@ -124,3 +124,36 @@ def test_a_burst_of_rows_while_writes_succeed_is_never_dropped(tmp_path):
     with open_run(store.run_dir) as r:
         assert r.steps()["step"] == list(range(1000))
     assert sum(store.dropped.values()) == 0
+
+
+def test_a_run_is_on_disk_before_its_end_is_announced(tmp_path):
+    """A dashboard reads the store once told that the run finished: every step, the final
+    status and the RunFinished event are committed before the event leaves the trainer,
+    however slowly the writer batches (here every second, longer than the whole run)."""
+    from lsml_tui.trainer.config import RunConfig, to_toml
+    from lsml_tui.trainer.events import RunFinished
+    from lsml_tui.trainer.loop import Trainer
+    from lsml_tui.trainer.validate import resolve
+
+    cfg = resolve(RunConfig(model="mlp", layers=1, width=16, steps=50, runs_dir=str(tmp_path)))
+    store = RunStore.create(tmp_path, cfg.to_dict(), to_toml(cfg), flush_interval=1.0)
+    seen = {}
+
+    def sink(batch):
+        if any(isinstance(e, RunFinished) for e in batch):
+            with open_run(store.run_dir) as r:
+                seen.update(steps=r.steps()["step"], status=r.info().status,
+                            finished=len(r.events("RunFinished")))
+    Trainer(cfg, sink=sink, store=store).run()
+    store.close()
+    assert seen == {"steps": list(range(50)), "status": "finished", "finished": 1}
+
+
+def test_sync_returns_once_what_was_queued_is_committed(tmp_path):
+    st = RunStore.create(tmp_path, CONFIG, 'model = "mlp"\n', flush_interval=2.0)
+    st.record_step(0, 100.0, 2.0, 1e-3, 0.5, 0.5, False, 64.0)
+    assert st.sync(timeout=30)
+    with open_run(st.run_dir) as r:
+        assert r.steps()["step"] == [0]         # committed while the store stays open
+    assert st.sync(timeout=30)                  # nothing queued: returns as well
+    st.close()

@@ -42,16 +42,19 @@ class Recorder:
 
     def record_end(self, sampler) -> dict:
         """The run has ended with ``status``: stop the system `sampler` (or None) and a trace
-        in progress, record the summary and the status, send what is buffered; return the
-        summary."""
+        in progress, record the summary and the status and wait for the store to commit
+        them, then send what is buffered; return the summary."""
         if sampler is not None:
             sampler.stop()
         if self._trace is not None:
             self._trace.abandon()
         summary = self.summary()
-        self.emit(RunFinished(self.step, self.status, summary))
-        if self.store is not None:
+        finished = RunFinished(self.step, self.status, summary)
+        if self.store is not None:      # on disk before anyone hears that the run ended: a
+            self.store.record_event(finished)   # dashboard reads the store when told
             self.store.set_status(self.status, summary)
+            self.store.sync()
+        self.events.emit(finished)
         self.events.flush()
         return summary
 

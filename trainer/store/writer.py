@@ -114,6 +114,13 @@ class RunStore:
         self._queue.put(("UPDATE run SET status=?, ended=?, summary=?",
                          (status, ended, json.dumps(summary) if summary is not None else None)))
 
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is committed (or its commit was tried and
+        failed: a full disk must not hold a run's end); False after `timeout` seconds."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
     def close(self) -> None:
         """Commit everything queued and stop the writer (and the command watcher)."""
         self._closed.set()
@@ -128,6 +135,7 @@ class RunStore:
     def _writer(self) -> None:
         con = connect(self.run_dir / DB_NAME)
         pending: list = []
+        synced: list[threading.Event] = []      # sync() callers, told after the commit
         stop = False
         while not stop:
             try:
@@ -136,6 +144,12 @@ class RunStore:
                     if item is None:
                         stop = True
                         break
+                    if isinstance(item, threading.Event):
+                        synced.append(item)
+                        if not pending:
+                            break                   # nothing before it to commit
+                        item = self._queue.get_nowait()
+                        continue
                     # the disk full for long: drop metric rows past the bound (a burst
                     # while writes succeed is never dropped, however large)
                     if self._failing and len(pending) >= self.max_pending \
@@ -161,6 +175,9 @@ class RunStore:
                                    f"{self.max_pending:,} rows, then dropping metrics")
                     if stop:
                         break
+            for done in synced:
+                done.set()
+            synced = []
             if not stop:
                 time.sleep(self._flush_interval / 4)  # gather a batch; bounds commit rate
         con.close()
