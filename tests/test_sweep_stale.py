@@ -87,3 +87,28 @@ def test_a_grid_point_whose_trial_was_killed_is_still_left_to_run():
     requeue, left = grid_left(study, [optimizer])
     assert left == 2                                # sgd (its retry waits) and momentum
     assert requeue == []                            # the retry is queued already
+
+
+def test_a_journal_lock_left_by_a_killed_worker_is_broken_after_optunas_grace(tmp_path,
+                                                                            monkeypatch):
+    """A worker killed while it writes the journal (a heartbeat a second) leaves Optuna's
+    lock behind: a symlink to the journal. With the relative path --runs-dir runs gives,
+    the link dangled, Optuna's grace period never saw it age, and the next sweep spun on it
+    for ever. Here the killed worker is Optuna's own lock taken and never released, and the
+    grace is shortened from Optuna's 30 s to 1 s."""
+    import threading
+
+    from optuna.storages.journal import JournalFileSymlinkLock
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(JournalFileSymlinkLock.__init__, "__defaults__", (1,))
+    journal = "runs/sweeps/lr.journal"              # relative, as the sweep is given it
+    (tmp_path / "runs" / "sweeps").mkdir(parents=True)
+    store = S.storage(journal, HEARTBEAT)
+    JournalFileSymlinkLock(S.journal_path(journal)).acquire()      # the killed worker's
+    written = threading.Event()
+
+    def write() -> None:
+        optuna.create_study(study_name="after", storage=store)
+        written.set()
+    threading.Thread(target=write, daemon=True).start()
+    assert written.wait(30), "the lock left behind was never broken"

@@ -92,9 +92,18 @@ def retry_stale():
         return (retry or optuna.storages.RetryFailedTrialCallback)(max_retry=1)
 
 
+def journal_path(path: str | os.PathLike) -> str:
+    """The journal's absolute path, as the storage opens it. Optuna's lock is a symlink to
+    the path it is given, and a relative target resolves from the link's own folder: the
+    link dangles, and a lock left by a worker killed while writing (a heartbeat a second)
+    could never be broken after Optuna's grace period (it reads the target's mtime); the
+    next sweep would spin on it for ever."""
+    return os.path.abspath(path)
+
+
 def storage(path: str | os.PathLike, heartbeat: int = HEARTBEAT):
     from optuna.storages.journal import JournalFileBackend
-    return HeartbeatJournal(JournalFileBackend(str(path)), heartbeat)
+    return HeartbeatJournal(JournalFileBackend(journal_path(path)), heartbeat)
 
 
 def fail_stale(study, heartbeat: int = HEARTBEAT) -> list[str]:
