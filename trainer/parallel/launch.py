@@ -136,8 +136,6 @@ class RankFailed(RuntimeError):
     """This rank's run failed (its store, if rank 0, says how); the launcher ends the rest."""
 
 
-
-
 def _first_cause(failures: dict) -> tuple[int, str]:
     """(rank, why) of the failure that caused the others."""
     def why(f) -> str:
