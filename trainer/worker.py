@@ -12,6 +12,8 @@ import threading
 import time
 import traceback
 
+from lsml_tui.trainer import forkserver      # no torch there either
+
 
 def on_parent_exit(action, parent: int | None = None, interval: float = 0.5) -> None:
     """Call `action` on a daemon thread once this process's parent (`parent`, by default the
@@ -46,7 +48,6 @@ def worker_main(config: dict, config_toml: str, commands, events, cwd: str | Non
     from the dashboard's forkserver (its imports done), the process starts in `cwd`, the
     dashboard's directory now (the server's is the one it had when it started).
     """
-    from lsml_tui.trainer import forkserver
     forkserver.detach()
     if cwd is not None:
         os.chdir(cwd)
